@@ -63,26 +63,32 @@ def data_config() -> ConfigDict:
     """COCO 2017 in the mmdetection layout with the 1x pipeline (SPEC §2.3)."""
     return ConfigDict(dict(
         source="coco",              # 'coco' (json + image folder) | 'tfds' | 'synthetic'
-        root="data/coco",
+        root="data/coco",           # train_ann / train_images / val_ann / val_images are relative to this
         train_ann="annotations/instances_train2017.json",
         train_images="train2017",
         val_ann="annotations/instances_val2017.json",
         val_images="val2017",
-        tfds_name="coco/2017",
-        tfds_data_dir="",
-        pipeline="1x",              # '1x' | '3x' | 'crowdhuman' (training augmentations)
+        tfds_name="coco/2017",      # source='tfds': a prepared tfds data set in ArrayRecord format (random access)
+        tfds_data_dir="",           # '' -> the tfds default (~/tensorflow_datasets)
+        tfds_train_split="train",
+        tfds_val_split="validation",
+        pipeline="1x",              # '1x' | '3x' | 'crowdhuman' (training augmentations, SPEC §2.3)
+        train_short_sizes=(),       # short sides drawn per image; () -> the pipeline's own (1x: 800; 3x: 480..800 step
+                                    # 32; crowdhuman: 640..896 step 32)
+        crop_short_sizes=(),        # 3x / crowdhuman crop policy: short side before the crop; () -> (400, 500, 600)
+        crop_size=(384, 600),       # 3x / crowdhuman crop policy: crop h and w drawn from [min(side, lo), min(side, hi)]
+        flip_prob=0.5,
         max_size=1333,              # long-side cap for training and test resizes
         test_short_size=800,
-        max_boxes=100,
-        bucket_divisor=128,         # padded sizes are multiples of this
+        max_boxes=100,              # boxes per image after the transforms; more are cut (largest kept), counted, logged
+        bucket_divisor=128,         # padded sizes are multiples of this; a bucket holds one aspect-ratio class
         batch_size=16,              # global, across all processes
         eval_batch_size=8,          # global
-        shuffle_buffer=1024,
-        deterministic=False,        # True: a fixed element order (resume reproduces the data order)
-        num_parallel_calls=-1,      # -1 -> tf.data.AUTOTUNE
-        prefetch=2,
+        num_parallel_calls=-1,      # decode/transform threads per process; -1 -> tf.data.AUTOTUNE
+        prefetch=2,                 # batches decoded ahead (x the per-process batch size in images)
+        check_files=True,           # stat every image file once at start-up; missing ones are skipped and counted
         num_train_images=0,         # 0 -> read from the annotation file; used to turn epochs into steps
-        synthetic=dict(num_train=0, num_val=0, image_size=0),   # only for source='synthetic'
+        synthetic=dict(num_train=0, num_val=0, image_size=0),   # only for source='synthetic'; 0 -> 2000 / 200 / 160
     ))
 
 
@@ -184,3 +190,31 @@ def tiny_model_config(num_classes: int = 3, o2o: str = "point", o2m: str = "fcos
     model.o2o = o2o
     model.o2m = o2m
     return model
+
+
+def use_3x_schedule(config: ConfigDict) -> ConfigDict:
+    """36 epochs with the DETR-style multi-scale + crop pipeline, decays after epochs 24 and 33 (SPEC §2.3-2.4)."""
+    config.data.pipeline = "3x"
+    config.schedule.epochs = 36
+    config.schedule.decay_epochs = (24, 33)
+    return config
+
+
+def use_crowdhuman(config: ConfigDict) -> ConfigDict:
+    """CrowdHuman recipe (SPEC §7.3): 1 class, DETR-style Hungarian o2o cost, 30k iterations, CrowdHuman metrics."""
+    config.model.num_classes = 1
+    config.assign.o2o = "hungarian"
+    d = config.data
+    d.root = "data/CrowdHuman"
+    d.train_ann, d.train_images = "annotations/train.json", "Images"
+    d.val_ann, d.val_images = "annotations/val.json", "Images"
+    d.pipeline = "crowdhuman"
+    d.max_size = 1400
+    d.test_short_size = 800
+    d.max_boxes = 400
+    config.schedule.num_steps = 30000
+    config.schedule.decay_steps = (20000, 25000)
+    config.test.update(score_thr=0.01, nms_pre=1000, max_per_img=500, metric="crowdhuman")
+    config.checkpoint_every_steps = 5000
+    config.eval_every_steps = 5000
+    return config

@@ -54,13 +54,6 @@ def enable_compilation_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def initial_state(config: config_lib.ConfigDict, model: Any, tx: Any, variables: dict[str, Any],
-                  mesh: jax.sharding.Mesh) -> step_lib.TrainState:
-    """A replicated step-0 TrainState from host variables."""
-    variables = sharding.replicate_tree(variables, mesh)
-    return jax.jit(lambda v: step_lib.create_state(v, tx), out_shardings=sharding.replicated(mesh))(variables)
-
-
 def fresh_variables(config: config_lib.ConfigDict, model: Any) -> dict[str, Any]:
     """Initialised (and, when configured, pretrained) model variables as host numpy arrays."""
     size = 2 * max(config.model.strides)
@@ -148,7 +141,7 @@ def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str,
     trainable = detector.trainable_mask(variables["params"], config)
     if jax.process_index() == 0:
         parameter_overview.log_parameter_overview(variables["params"])
-    state = initial_state(config, model, tx, variables, mesh)
+    state = step_lib.replicated_state(variables, tx, mesh)
     del variables
 
     manager = checkpoints.make_manager(workdir, config.keep_checkpoints)

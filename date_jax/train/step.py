@@ -41,6 +41,12 @@ def create_state(variables: dict[str, Any], tx: optax.GradientTransformation) ->
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
 
 
+def replicated_state(variables: dict[str, Any], tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """A step-0 TrainState replicated over `mesh`, from host variables (the same on every process)."""
+    variables = sharding.replicate_tree(variables, mesh)
+    return jax.jit(lambda v: create_state(v, tx), out_shardings=sharding.replicated(mesh))(variables)
+
+
 def tree_norm(tree: Any) -> jax.Array:
     """Global L2 norm of a pytree -> []."""
     return optax.global_norm(tree)

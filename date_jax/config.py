@@ -76,7 +76,7 @@ def data_config() -> ConfigDict:
         train_short_sizes=(),       # short sides drawn per image; () -> the pipeline's own (1x: 800; 3x: 480..800 step
                                     # 32; crowdhuman: 640..896 step 32)
         crop_short_sizes=(),        # 3x / crowdhuman crop policy: short side before the crop; () -> (400, 500, 600)
-        crop_size=(384, 600),       # 3x / crowdhuman crop policy: crop h and w drawn from [min(side, lo), min(side, hi)]
+        crop_size=(384, 600),       # 3x / crowdhuman crop policy: crop h, w drawn in [min(side, lo), min(side, hi)]
         flip_prob=0.5,
         max_size=1333,              # long-side cap for training and test resizes
         test_short_size=800,
@@ -88,7 +88,8 @@ def data_config() -> ConfigDict:
         prefetch=2,                 # batches decoded ahead (x the per-process batch size in images)
         check_files=True,           # stat every image file once at start-up; missing ones are skipped and counted
         num_train_images=0,         # 0 -> read from the annotation file; used to turn epochs into steps
-        synthetic=dict(num_train=0, num_val=0, image_size=0),   # only for source='synthetic'; 0 -> 2000 / 200 / 160
+        synthetic=dict(num_train=0, num_val=0, image_size=0, seed=0),  # source='synthetic': written to `root` on first
+                                    # use (annotations/instances_{train,val}.json, train/, val/); 0 -> 2000 / 200 / 160
     ))
 
 
@@ -141,7 +142,9 @@ def base_config() -> ConfigDict:
     config.test = test_config()
     config.optim = optim_config()
     config.schedule = schedule_config()
-    config.init_from = ConfigDict(dict(backbone="", checkpoint=""))
+    # The reference starts from Detectron's caffe ResNet-50 (open-mmlab://detectron/resnet50_caffe); download it to
+    # this path (see docs/pretrained.md) or set --config.init_from.backbone='' to train from scratch.
+    config.init_from = ConfigDict(dict(backbone="pretrained/resnet50_caffe-788b5fa3.pth", checkpoint=""))
     config.log_every_steps = 50
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 3

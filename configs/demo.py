@@ -20,7 +20,7 @@ def get_config():
     config.init_from.backbone = ""  # trained from scratch
     d = config.data
     d.update(source="synthetic", root="data/synthetic", pipeline="1x", train_short_sizes=(160,), max_size=256,
-             test_short_size=160, max_boxes=20, bucket_divisor=32, batch_size=16, eval_batch_size=16)
+             test_short_size=160, max_boxes=20, bucket_divisor=64, batch_size=16, eval_batch_size=16)
     config.optim.update(base_lr=1e-3, warmup_steps=100)
     config.schedule.update(num_steps=1500, decay_steps=(1200, 1400))
     config.log_every_steps = 50

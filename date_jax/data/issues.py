@@ -1,0 +1,55 @@
+"""Counts of bad inputs the pipeline skips or repairs: a long run never dies on one, and each kind is logged once."""
+from __future__ import annotations
+
+import collections
+import logging
+
+logger = logging.getLogger("date_jax.data")
+
+# Kind -> what was done about it (used in the summary line).
+KINDS = {
+    "unknown_category": "annotations with a category id missing from 'categories' (dropped)",
+    "degenerate_box": "boxes with w < 1, h < 1 or area <= 0 (dropped)",
+    "box_outside_image": "boxes entirely outside their image (dropped)",
+    "box_clipped": "boxes partly outside their image (clipped)",
+    "annotation_unknown_image": "annotations whose image_id is not in 'images' (dropped)",
+    "bad_image_record": "image records without a positive width/height or a file name (dropped)",
+    "missing_image_file": "image files missing on disk (image skipped)",
+    "no_training_boxes": "training images without a usable non-crowd box (skipped in training)",
+    "too_many_boxes": "images with more boxes than max_boxes after the transforms (smallest cut)",
+    "unreadable_image": "images that could not be read or decoded during a run (replaced in their batch)",
+    "channels_repaired": "grayscale / 2- / 4-channel images converted to RGB",
+}
+
+
+class DataIssues:
+    """Counts bad inputs per kind; the first occurrence of each kind is logged with an example, summaries on demand."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._logged_kinds: set[str] = set()
+        self._last_summary: dict[str, int] = {}
+
+    def add(self, kind: str, example: str = "", count: int = 1) -> None:
+        """Count `count` occurrences of `kind`; the first one of each kind is logged with `example`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown data issue kind {kind!r}; known: {sorted(KINDS)}")
+        if count <= 0:
+            return
+        self.counts[kind] += count
+        if kind not in self._logged_kinds:
+            self._logged_kinds.add(kind)
+            logger.warning("%s: %s, e.g. %s (further ones are counted and summarised)", self.source, KINDS[kind],
+                           example or "-")
+
+    def summary(self) -> str:
+        """One line listing every non-zero count, or '' when nothing was wrong."""
+        return "; ".join(f"{n} {KINDS[k]}" for k, n in sorted(self.counts.items()) if n)
+
+    def log_summary(self) -> None:
+        """Log the summary if anything changed since the last call (so each state is logged once)."""
+        current = dict(self.counts)
+        if current and current != self._last_summary:
+            logger.warning("%s: data issues so far: %s", self.source, self.summary())
+        self._last_summary = current

@@ -1,0 +1,150 @@
+"""Files on disk -> batches of the DESIGN §4 contract: planned in numpy, decoded and transformed in tf.data.
+
+The order of training batches is a function of (config.seed, epoch) only: each epoch's permutation and every image's
+augmentation parameters are drawn in numpy from (seed, epoch) per image index, so output sizes and buckets are known
+before decoding and the batches are lists of image indices. `train_batches(config, start_step=k)` therefore yields
+exactly the k-th and later batches of a fresh run. Every process plans the same global batches and decodes its own
+disjoint slice. tf.data reads, decodes (parallel, deterministic order) and transforms; a bad image is dropped there and
+its slot refilled here, so a run never stops on one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+
+from date_jax.data import batching, coco, synthetic, transforms
+from date_jax.data import buckets as buckets_lib
+from date_jax.data.batching import Batch
+from date_jax.data.issues import DataIssues
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the loop and the evaluator need to know about a split."""
+
+    ann_file: str                   # COCO json of the split ('' for tfds)
+    image_dir: str
+    num_images: int                 # after the training filters for 'train'
+    category_ids: tuple[int, ...]   # original ids in label order
+    category_names: tuple[str, ...]
+
+
+_LOADED: dict[tuple, tuple[coco.Annotations, DataIssues]] = {}
+
+
+def _split_paths(data: ml_collections.ConfigDict, split: str) -> tuple[str, str]:
+    """(annotation file, image folder) of `split` for the file-based sources."""
+    if data.source == "synthetic":
+        return synthetic.split_paths(data.root, split)
+    ann, images = (data.train_ann, data.train_images) if split == "train" else (data.val_ann, data.val_images)
+    return os.path.join(data.root, ann), os.path.join(data.root, images)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[coco.Annotations, DataIssues]:
+    """Records of `split` ('train' | 'val') after the annotation rules (cached per process) and their issue counter."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    data = config.data
+    key = (data.source, data.root, split, data.train_ann, data.train_images, data.val_ann, data.val_images,
+           data.tfds_name, data.tfds_data_dir, data.tfds_train_split, data.tfds_val_split, data.check_files,
+           tuple(data.synthetic.items()))
+    if key in _LOADED:
+        return _LOADED[key]
+    issues = DataIssues(f"{data.source}:{split}")
+    if data.source in ("coco", "synthetic"):
+        if data.source == "synthetic":
+            synthetic.ensure_synthetic_dataset_from_config(data)
+        ann_file, image_dir = _split_paths(data, split)
+        records = coco.load_coco_annotations(ann_file, image_dir, issues, check_files=data.check_files)
+    elif data.source == "tfds":
+        from date_jax.data import tfds_source
+        records = tfds_source.load_tfds_annotations(data, split, issues)
+    else:
+        raise ValueError(f"config.data.source={data.source!r}; choose 'coco', 'tfds' or 'synthetic'")
+    if split == "train":
+        records = records.with_training_boxes(issues)
+        if len(records) == 0:
+            raise ValueError(f"{data.source} {split} split has no image with a usable box ({issues.summary()})")
+    issues.log_summary()
+    _LOADED[key] = (records, issues)
+    return records, issues
+
+
+def dataset_info(config: ml_collections.ConfigDict, split: str) -> DatasetInfo:
+    """Paths, image count (after training filters) and categories of `split` ('train' | 'val')."""
+    records, _ = load_split(config, split)
+    return DatasetInfo(ann_file=records.ann_file, image_dir=records.image_dir, num_images=len(records),
+                       category_ids=tuple(records.category_ids), category_names=tuple(records.category_names))
+
+
+def _process_share(global_batch: int, process_index: int | None, process_count: int | None,
+                   key: str) -> tuple[int, int]:
+    """(first slot, slots) of this process in a global batch of `global_batch`."""
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if global_batch % process_count or not 0 <= process_index < process_count:
+        raise ValueError(f"config.data.{key}={global_batch} must be a positive multiple of the process count "
+                         f"({process_count}) and process_index={process_index} within it")
+    local = global_batch // process_count
+    return process_index * local, local
+
+
+def _seed(config: ml_collections.ConfigDict) -> int:
+    """config.seed as a non-negative numpy seed."""
+    return int(config.seed) % 2**32
+
+
+def epoch_plan(config: ml_collections.ConfigDict, records: coco.Annotations,
+               epoch: int) -> tuple[transforms.TransformPlan, list[buckets_lib.Batch]]:
+    """Training transforms of every image and the epoch's global batches (bucket, indices), from (seed, epoch)."""
+    scales = transforms.scales_from_config(config.data)
+    order = np.random.default_rng([_seed(config), epoch]).permutation(len(records))
+    plan = transforms.plan_train(records.heights, records.widths, scales,
+                                 np.random.default_rng([_seed(config), epoch, 1]))
+    shapes = buckets_lib.bucket_shapes(plan.out_hw, scales.max_train_short, scales.max_size, config.data.bucket_divisor)
+    batches, _ = buckets_lib.group_into_batches(order, shapes, config.data.batch_size)
+    if not batches:
+        raise ValueError(f"no bucket of the {len(records)} training images holds config.data.batch_size="
+                         f"{config.data.batch_size} images; lower the batch size or raise config.data.bucket_divisor")
+    return plan, batches
+
+
+def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[Batch]:
+    """Endless training batches (this process's share of each global batch), from global step `start_step` on."""
+    records, issues = load_split(config, "train")
+    first, local = _process_share(config.data.batch_size, process_index, process_count, "batch_size")
+    serial = 0
+    for epoch in itertools.count():
+        plan, batches = epoch_plan(config, records, epoch)
+        planned = [(serial + k, bucket, indices[first:first + local]) for k, (bucket, indices) in enumerate(batches)
+                   if serial + k >= start_step]
+        serial += len(batches)
+        yield from batching.batches_of(config, records, issues, plan, planned, copy_valid_slot=True)
+        issues.log_summary()
+
+
+def eval_batches(config: ml_collections.ConfigDict, *, process_index: int | None = None,
+                 process_count: int | None = None, num_images: int = 0) -> Iterator[Batch]:
+    """Validation batches (first `num_images` if > 0) in a fixed order with the test transform; the last of each
+    bucket is padded with example_mask=False examples, and every process yields the same number of batches."""
+    records, issues = load_split(config, "val")
+    if num_images > 0:
+        records = records.subset(np.arange(min(num_images, len(records))))
+    first, local = _process_share(config.data.eval_batch_size, process_index, process_count, "eval_batch_size")
+    scales = transforms.scales_from_config(config.data)
+    plan = transforms.plan_test(records.heights, records.widths, scales)
+    shapes = buckets_lib.bucket_shapes(plan.out_hw, scales.test_short, scales.max_size, config.data.bucket_divisor)
+    global_batch = config.data.eval_batch_size
+    full, leftovers = buckets_lib.group_into_batches(np.arange(len(records)), shapes, global_batch)
+    padded = [(bucket, np.concatenate([idx, np.full(global_batch - len(idx), -1)])) for bucket, idx in leftovers]
+    planned = [(serial, bucket, indices[first:first + local]) for serial, (bucket, indices) in enumerate(full + padded)]
+    yield from batching.batches_of(config, records, issues, plan, planned, copy_valid_slot=False)
+    issues.log_summary()

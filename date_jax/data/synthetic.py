@@ -1,0 +1,153 @@
+"""A deterministic COCO-format data set of coloured shapes on textured backgrounds, for the demo and for tests.
+
+Layout under `root`: annotations/instances_{train,val}.json, train/*.jpg|png, val/*.jpg|png, synthetic.json (the
+parameters it was made with). Four classes (circle, square, triangle, cross) in clear colours with some variation,
+12-80 px objects (for 160 px images; sizes scale with `image_size`), 1-8 objects per image with mild overlaps (drawn
+large to small), every tenth image a crowded scene of 10-16 smaller objects. Boxes are the tight bounds of the drawn
+pixels.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import ml_collections
+import numpy as np
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger("date_jax.data")
+
+CATEGORIES = ("circle", "square", "triangle", "cross")
+DEFAULTS = dict(num_train=2000, num_val=200, image_size=160, seed=0)
+_PALETTE = np.array([(230, 40, 40), (40, 170, 60), (40, 90, 230), (240, 200, 30), (200, 60, 210), (30, 200, 210),
+                     (250, 130, 20), (245, 245, 245)], np.float64)
+
+
+def split_paths(root: str, split: str) -> tuple[str, str]:
+    """(annotation json, image folder) of `split` ('train' | 'val') under `root`."""
+    return os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Muted colour gradient plus low-frequency noise: float [h, w, 3]."""
+    base = rng.uniform(60, 170, 3)
+    tilt = rng.uniform(-40, 40, (2, 3))
+    yy, xx = np.meshgrid(np.linspace(-0.5, 0.5, h), np.linspace(-0.5, 0.5, w), indexing="ij")
+    image = base + yy[..., None] * tilt[0] + xx[..., None] * tilt[1]
+    coarse = rng.normal(0, 12, (h // 16 + 2, w // 16 + 2, 3))
+    noise = np.asarray(Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize((w, h), Image.BILINEAR),
+                       np.float64) - 128
+    return image + noise + rng.normal(0, 4, (h, w, 3))
+
+
+def _shape_mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean [size, size] mask of one shape of class `kind` with a random aspect/rotation jitter."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    s = size - 1
+    if kind == 0:
+        draw.ellipse([0, 0, s, s], fill=255)
+    elif kind == 1:
+        inset = int(rng.uniform(0, 0.12) * size)
+        draw.rectangle([inset, 0, s - inset, s], fill=255)
+    elif kind == 2:
+        apex = rng.uniform(0.3, 0.7) * s
+        draw.polygon([(apex, 0), (0, s), (s, s)], fill=255)
+    else:
+        t = max(2, int(size * rng.uniform(0.22, 0.32)))
+        mid = size // 2
+        draw.rectangle([mid - t // 2, 0, mid - t // 2 + t, s], fill=255)
+        draw.rectangle([0, mid - t // 2, s, mid - t // 2 + t], fill=255)
+    angle = rng.choice([0, 90, 180, 270]) if kind == 2 else 0
+    return np.asarray(canvas.rotate(angle), np.uint8) > 127
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[2], others[:, 2])
+    y2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])   # noqa: E731
+    return inter / (area(box) + area(others) - inter)
+
+
+def render_image(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, list[tuple[list[float], int]]]:
+    """One scene: (uint8 [h, w, 3], [(xywh box, category index), ...])."""
+    h, w = (int(image_size * rng.uniform(0.8, 1.2)) for _ in range(2))
+    image = _background(rng, h, w)
+    crowded = rng.random() < 0.1
+    count = int(rng.integers(10, 17)) if crowded else int(rng.integers(1, 9))
+    unit = image_size / 160
+    lo, hi = (12 * unit, 40 * unit) if crowded else (12 * unit, 80 * unit)
+    sizes = sorted((int(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for _ in range(count)), reverse=True)
+    placed: list[np.ndarray] = []
+    objects = []
+    for size in sizes:     # large first, so that a smaller shape is never hidden under a later, larger one
+        size = max(6, min(size, h - 2, w - 2))
+        for _ in range(10):
+            y, x = int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
+            box = np.array([x, y, x + size, y + size], np.float64)
+            if not placed or _iou(box, np.array(placed)).max() <= 0.3:
+                break
+        else:
+            continue
+        kind = int(rng.integers(len(CATEGORIES)))
+        mask = _shape_mask(kind, size, rng)
+        colour = np.clip(_PALETTE[rng.integers(len(_PALETTE))] + rng.normal(0, 15, 3), 0, 255)
+        image[y:y + size, x:x + size][mask] = colour * rng.uniform(0.85, 1.0)
+        ys, xs = np.nonzero(mask)
+        tight = [x + xs.min(), y + ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        placed.append(box)
+        objects.append(([float(v) for v in tight], kind))
+    return np.uint8(np.clip(image, 0, 255)), objects
+
+
+def _write_split(root: str, split: str, num_images: int, image_size: int, seed: int, first_id: int) -> None:
+    ann_file, image_dir = split_paths(root, split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(ann_file), exist_ok=True)
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    images, annotations = [], []
+    for i in range(num_images):
+        image_id = first_id + i
+        pixels, objects = render_image(rng, image_size)
+        name = f"{image_id:06d}." + ("png" if i % 10 == 9 else "jpg")
+        Image.fromarray(pixels).save(os.path.join(image_dir, name), quality=92)
+        images.append(dict(id=image_id, file_name=name, height=pixels.shape[0], width=pixels.shape[1]))
+        for box, kind in objects:
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=kind + 1, bbox=box,
+                                    area=box[2] * box[3], iscrowd=0))
+    categories = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(CATEGORIES)]
+    tmp = ann_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+    os.replace(tmp, ann_file)     # the json appears last: its presence means the split is complete
+
+
+def ensure_synthetic_dataset(root: str, num_train: int, num_val: int, image_size: int, seed: int) -> None:
+    """Write the synthetic set under `root` unless its annotation files already exist."""
+    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+    marker = os.path.join(root, "synthetic.json")
+    if all(os.path.isfile(split_paths(root, s)[0]) for s in ("train", "val")):
+        if os.path.isfile(marker):
+            with open(marker) as f:
+                existing = json.load(f)
+            if existing != params:
+                logger.warning("Synthetic data set at %s was made with %s, not %s; using it as it is (delete the "
+                               "folder to regenerate).", root, existing, params)
+        return
+    logger.info("Writing the synthetic data set to %s (%s).", root, params)
+    os.makedirs(root, exist_ok=True)
+    _write_split(root, "train", num_train, image_size, seed, first_id=1)
+    _write_split(root, "val", num_val, image_size, seed, first_id=1_000_001)
+    with open(marker, "w") as f:
+        json.dump(params, f)
+
+
+def ensure_synthetic_dataset_from_config(data: ml_collections.ConfigDict) -> None:
+    """`ensure_synthetic_dataset` with `config.data.root` and `config.data.synthetic` (0 -> defaults)."""
+    s = data.synthetic
+    values = {k: int(s.get(k, 0)) or DEFAULTS[k] for k in ("num_train", "num_val", "image_size")}
+    ensure_synthetic_dataset(data.root, seed=int(s.get("seed", DEFAULTS["seed"])), **values)

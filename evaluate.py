@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_library_logs()
     sharding.initialize_distributed()
     from date_jax.evaluation import evaluator
     from date_jax.train import checkpoints

@@ -25,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    cli.quiet_library_logs()
     sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from date_jax.train import loop  # after distributed init: importing TF/JAX backends must not touch devices first
     try:

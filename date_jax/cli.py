@@ -5,8 +5,14 @@ import importlib.util
 import sys
 from typing import Sequence
 
+import logging as py_logging
+
 import ml_collections
 from absl import flags
+from absl import logging
+
+# Libraries whose INFO chatter (every checkpoint write, every COCOeval stage) drowns the progress lines.
+CHATTY_LIBRARIES = ("orbax", "faster_coco_eval", "pycocotools", "tensorflow", "etils")
 
 OVERRIDE_PREFIX = "--config."
 
@@ -38,6 +44,19 @@ def unknown_override(config: ml_collections.ConfigDict, argv: Sequence[str]) -> 
             node = node[key]
             walked.append(key)
     return None
+
+
+class _QuietLibraries(py_logging.Filter):
+    """Drop INFO and DEBUG records that come from `CHATTY_LIBRARIES`; warnings and errors pass."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or not any(f"/{lib}/" in record.pathname
+                                                                 for lib in CHATTY_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+    """Keep the console to date-jax's own progress lines plus every library warning."""
+    logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def parse_flags(argv: list[str]) -> list[str]:

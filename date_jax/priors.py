@@ -39,6 +39,7 @@ class PointGrid:
 
     @property
     def num_points(self) -> int:
+        """N, the number of points over all levels."""
         return int(self.points.shape[0])
 
 

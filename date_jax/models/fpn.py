@@ -1,0 +1,89 @@
+"""FPN neck P3-P7 of SPEC §2.2 (mmdet `FPN`, start_level 1, add_extra_convs='on_output', ReLU before extra convs).
+
+Laterals are 1x1 convs on C3-C5; the top-down path resizes each coarser map to the exact size of the finer one with
+PyTorch's legacy `nearest` rule and adds it; P3-P5 are 3x3 convs of the sums; P6 is a 3x3/2 conv of the P5 output and
+P7 a 3x3/2 conv of ReLU(P6). Submodules: `lateral_convs_{0,1,2}/conv`, `fpn_convs_{0..4}/conv` (mmcv `ConvModule`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from date_jax.models.resnet import torch_conv
+
+Array = jax.Array
+Dtype = Any
+
+GN_EPS = 1e-5
+xavier_uniform = nn.initializers.xavier_uniform()
+
+
+class ConvModule(nn.Module):
+    """mmcv ConvModule: `conv` (k x k, symmetric padding), optional GroupNorm `gn`, optional ReLU: [B,H,W,Cin] ->
+    [B,H/s,W/s,features]."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    use_bias: bool = True
+    num_groups: int = 0             # 0 -> no GroupNorm
+    activate: bool = False
+    kernel_init: Callable = xavier_uniform
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = torch_conv(self.features, self.kernel_size, self.stride, self.use_bias, self.kernel_init, self.dtype,
+                       name="conv")(x)
+        if self.num_groups:
+            x = group_norm(self.num_groups, self.dtype, name="gn")(x)
+        return nn.relu(x) if self.activate else x
+
+
+def group_norm(num_groups: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
+    """PyTorch GroupNorm (eps 1e-5, affine, weight 1 / bias 0) over [B,H,W,C]; statistics in float32."""
+    return nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPS, dtype=dtype, param_dtype=jnp.float32,
+                        use_fast_variance=False, name=name)
+
+
+def resize_nearest(x: Array, out_hw: Sequence[int]) -> Array:
+    """PyTorch legacy `nearest` to an explicit size: [B,h,w,C] -> [B,H,W,C], source index min(floor(i*h/H), h-1)."""
+    _, h, w, _ = x.shape
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    if (out_h, out_w) == (2 * h, 2 * w):
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    rows = _nearest_index(h, out_h)
+    cols = _nearest_index(w, out_w)
+    return x[:, rows][:, :, cols]
+
+
+def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    """Source indices of PyTorch's nearest rule (float32 scale = in/out) -> int32 [out_size]."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int32)
+    return np.minimum(index, in_size - 1)
+
+
+class FPN(nn.Module):
+    """Feature pyramid: C2..C5 list -> [P3, P4, P5, P6, P7], each [B,H_l,W_l,out_channels]."""
+
+    out_channels: int = 256
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Sequence[Array]) -> list[Array]:
+        inputs = list(features)[1:]         # start_level = 1: C3, C4, C5
+        laterals = [ConvModule(self.out_channels, 1, dtype=self.dtype, name=f"lateral_convs_{i}")(c)
+                    for i, c in enumerate(inputs)]
+        for i in range(len(laterals) - 1, 0, -1):
+            finer = laterals[i - 1]
+            laterals[i - 1] = finer + resize_nearest(laterals[i], finer.shape[1:3])
+        outs = [ConvModule(self.out_channels, 3, dtype=self.dtype, name=f"fpn_convs_{i}")(lat)
+                for i, lat in enumerate(laterals)]
+        p6 = ConvModule(self.out_channels, 3, 2, dtype=self.dtype, name=f"fpn_convs_{len(outs)}")(outs[-1])
+        p7 = ConvModule(self.out_channels, 3, 2, dtype=self.dtype, name=f"fpn_convs_{len(outs) + 1}")(nn.relu(p6))
+        return outs + [p6, p7]

@@ -1,0 +1,143 @@
+"""ResNet-18/34/50/101 backbone with frozen BatchNorm, NHWC, PyTorch-exact padding (mmdet `ResNet` naming).
+
+Styles (SPEC §2.1): `caffe` puts the stride of a bottleneck on its first 1x1 conv (`conv1`), `pytorch` on the 3x3
+(`conv2`). Every conv pads explicitly and symmetrically by kernel // 2 (never 'SAME'); the stem max-pool is 3x3/2 with
+padding 1 of -inf. BatchNorm is frozen: its affine parameters and running statistics all live in the non-trainable
+collection `batch_stats` and are never updated.
+
+Submodule names mirror the mmdet state_dict: `conv1`, `bn1`, `layer{s}_{b}/conv{1,2,3}`, `layer{s}_{b}/bn{1,2,3}`,
+`layer{s}_0/downsample_0` (1x1 conv) and `layer{s}_0/downsample_1` (BN).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+BN_EPS = 1e-5
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BOTTLENECK_DEPTHS = (50, 101)
+STYLES = ("caffe", "pytorch")
+
+# mmdet ResNet init: kaiming normal, fan_out, ReLU gain (untruncated).
+kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_conv(features: int, kernel_size: int, stride: int = 1, use_bias: bool = False,
+               kernel_init: Callable = kaiming_fan_out, dtype: Dtype = jnp.float32, name: str | None = None,
+               bias_init: Callable = nn.initializers.zeros) -> nn.Conv:
+    """A PyTorch-style square conv: symmetric explicit padding kernel_size // 2, float32 params, `dtype` compute."""
+    pad = kernel_size // 2
+    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                   use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
+                   dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+    """PyTorch MaxPool2d(3, stride 2, padding 1): [B,H,W,C] -> [B,ceil(H/2),ceil(W/2),C], padding counts as -inf."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class FrozenBatchNorm(nn.Module):
+    """BatchNorm in eval mode whose scale, bias, mean and var all sit in `batch_stats`: [..., C] -> [..., C]."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        scale = self.variable("batch_stats", "scale", lambda: jnp.ones((channels,), jnp.float32)).value
+        bias = self.variable("batch_stats", "bias", lambda: jnp.zeros((channels,), jnp.float32)).value
+        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((channels,), jnp.float32)).value
+        var = self.variable("batch_stats", "var", lambda: jnp.ones((channels,), jnp.float32)).value
+        mul = scale * jax.lax.rsqrt(var + BN_EPS)
+        add = bias - mean * mul
+        return x * mul.astype(self.dtype) + add.astype(self.dtype)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (stride on the first) with a 1x1 projection shortcut when the shape changes: [B,H,W,Cin] ->
+    [B,H/s,W/s,planes]."""
+
+    planes: int
+    stride: int = 1
+    style: str = "caffe"
+    dtype: Dtype = jnp.float32
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        out = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(FrozenBatchNorm(self.dtype, name="bn1")(out))
+        out = torch_conv(self.planes, 3, 1, dtype=self.dtype, name="conv2")(out)
+        out = FrozenBatchNorm(self.dtype, name="bn2")(out)
+        return nn.relu(out + _shortcut(x, self.planes, self.stride, self.dtype))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4) bottleneck; caffe style strides the first 1x1, pytorch style the 3x3:
+    [B,H,W,Cin] -> [B,H/s,W/s,4*planes]."""
+
+    planes: int
+    stride: int = 1
+    style: str = "caffe"
+    dtype: Dtype = jnp.float32
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        stride1, stride2 = (self.stride, 1) if self.style == "caffe" else (1, self.stride)
+        out = torch_conv(self.planes, 1, stride1, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(FrozenBatchNorm(self.dtype, name="bn1")(out))
+        out = torch_conv(self.planes, 3, stride2, dtype=self.dtype, name="conv2")(out)
+        out = nn.relu(FrozenBatchNorm(self.dtype, name="bn2")(out))
+        out = torch_conv(self.planes * 4, 1, 1, dtype=self.dtype, name="conv3")(out)
+        out = FrozenBatchNorm(self.dtype, name="bn3")(out)
+        return nn.relu(out + _shortcut(x, self.planes * 4, self.stride, self.dtype))
+
+
+def _shortcut(x: Array, features: int, stride: int, dtype: Dtype) -> Array:
+    """Identity, or mmdet's `downsample` (1x1 conv with stride + BN) when channels or resolution change."""
+    if x.shape[-1] == features and stride == 1:
+        return x
+    x = torch_conv(features, 1, stride, dtype=dtype, name="downsample_0")(x)
+    return FrozenBatchNorm(dtype, name="downsample_1")(x)
+
+
+class ResNet(nn.Module):
+    """mmdet ResNet with four stages; returns C2..C5 as a list of [B,H/4..H/32,W/4..W/32,C] (ceil-halved sizes)."""
+
+    depth: int = 50
+    style: str = "caffe"
+    base_width: int = 64
+    stage_blocks: Sequence[int] = ()
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> list[Array]:
+        if self.depth not in STAGE_BLOCKS:
+            raise ValueError(f"config.model.backbone.depth={self.depth} is not supported; use one of "
+                             f"{sorted(STAGE_BLOCKS)}.")
+        if self.style not in STYLES:
+            raise ValueError(f"config.model.backbone.style={self.style!r} is not supported; use one of {STYLES}.")
+        blocks = tuple(self.stage_blocks) or STAGE_BLOCKS[self.depth]
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"config.model.backbone.stage_blocks={tuple(self.stage_blocks)} must hold 4 positive "
+                             "block counts (or be empty for the standard counts).")
+        block_cls = Bottleneck if self.depth in BOTTLENECK_DEPTHS else BasicBlock
+        x = torch_conv(self.base_width, 7, 2, dtype=self.dtype, name="conv1")(x)
+        x = nn.relu(FrozenBatchNorm(self.dtype, name="bn1")(x))
+        x = max_pool_3x3_s2(x)
+        outputs = []
+        for s, num_blocks in enumerate(blocks):
+            planes = self.base_width * 2 ** s
+            for b in range(num_blocks):
+                stride = 2 if s > 0 and b == 0 else 1
+                x = block_cls(planes, stride, self.style, self.dtype, name=f"layer{s + 1}_{b}")(x)
+            outputs.append(x)
+        return outputs

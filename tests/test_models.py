@@ -490,3 +490,18 @@ def test_initialisation_follows_spec(fcos_run, retina_run):
     np.testing.assert_allclose(retina_bias, prior_bias, rtol=1e-6)
     stats = variables["batch_stats"]["backbone"]["bn1"]
     assert np.all(np.asarray(stats["var"]) == 1) and np.all(np.asarray(stats["mean"]) == 0)
+
+
+def test_padding_is_zero_after_normalisation():
+    """mmdet pads normalised images with 0: pixels outside image_shape must not change the outputs' inputs."""
+    from date_jax.models.detector import normalize_images, padding_mask
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 10, 3)).astype(np.uint8)
+    shape = np.array([[5, 7], [8, 10]], np.int32)
+    mask = np.asarray(padding_mask(jnp.asarray(shape), (8, 10)))
+    expected = np.zeros((2, 8, 10), np.float32)
+    expected[0, :5, :7] = 1
+    expected[1] = 1
+    np.testing.assert_array_equal(mask, expected)
+    x = np.asarray(normalize_images(jnp.asarray(images), "caffe")) * mask[..., None]
+    assert np.all(x[0, 5:] == 0) and np.all(x[0, :, 7:] == 0)
+    np.testing.assert_allclose(x[1], images[1, :, :, ::-1] - np.array([102.9801, 115.9465, 122.7717]), atol=1e-4)

@@ -59,7 +59,7 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any) -> Callable:
     key = (id(model), config.model.to_json(), config.test.to_json(), config.dtype)
     if key not in _PREDICT_CACHE:
         def predict(variables: Any, images: jax.Array, image_shape: jax.Array) -> dict[str, jax.Array]:
-            outputs = model.apply(variables, images)
+            outputs = model.apply(variables, images, image_shape)
             return decode.decode_outputs(outputs, image_shape, image_hw=images.shape[1:3], config=config)
         _PREDICT_CACHE[key] = jax.jit(predict)
     return _PREDICT_CACHE[key]

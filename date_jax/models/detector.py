@@ -56,6 +56,13 @@ def normalize_images(images: Array, style: str) -> Array:
     return (x - jnp.asarray(PYTORCH_RGB_MEAN, jnp.float32)) / jnp.asarray(PYTORCH_RGB_STD, jnp.float32)
 
 
+def padding_mask(image_shape: Array, padded_hw: Sequence[int]) -> Array:
+    """1.0 inside each image's unpadded (h, w) [B,2], 0.0 in the padding -> float32 [B,H,W]."""
+    rows = jnp.arange(padded_hw[0])[None, :, None] < image_shape[:, 0, None, None]
+    cols = jnp.arange(padded_hw[1])[None, None, :] < image_shape[:, 1, None, None]
+    return (rows & cols).astype(jnp.float32)
+
+
 class DATE(nn.Module):
     """Backbone + neck + head; `__call__(images uint8 [B,H,W,3])` -> dict of float32 [B,N(,*9),K] outputs."""
 
@@ -65,11 +72,14 @@ class DATE(nn.Module):
     style: str = "caffe"
     dtype: Dtype = jnp.float32
 
-    def __call__(self, images: Array) -> dict[str, Array]:
+    def __call__(self, images: Array, image_shape: Array | None = None) -> dict[str, Array]:
+        """images uint8 [B,H,W,3]; image_shape int [B,2] (unpadded h, w): padding is 0 after normalisation (mmdet)."""
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"DATE expects images [B,H,W,3] (uint8 RGB); got shape {tuple(images.shape)}.")
-        x = normalize_images(images, self.style).astype(self.dtype)
-        return self.bbox_head(self.neck(self.backbone(x)))
+        x = normalize_images(images, self.style)
+        if image_shape is not None:
+            x = x * padding_mask(image_shape, images.shape[1:3])[..., None]
+        return self.bbox_head(self.neck(self.backbone(x.astype(self.dtype))))
 
 
 def build_model(config: ml_collections.ConfigDict) -> DATE:

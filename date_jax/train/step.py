@@ -58,7 +58,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     """Loss, gradients and one optimizer update -> (new state, scalar metrics)."""
 
     def loss_fn(params):
-        outputs = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"])
+        outputs = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                              batch["image_shape"])
         return losses.date_loss(outputs, batch, config, mesh=mesh)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

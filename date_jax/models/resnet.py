@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from date_jax.models import conv_grad
+
 Array = jax.Array
 Dtype = Any
 
@@ -35,7 +37,8 @@ def torch_conv(features: int, kernel_size: int, stride: int = 1, use_bias: bool 
     pad = kernel_size // 2
     return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+                   dtype=dtype, param_dtype=jnp.float32, name=name,
+                   conv_general_dilated=conv_grad.conv_general_dilated)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:

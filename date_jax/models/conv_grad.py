@@ -1,0 +1,81 @@
+"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is a sum of matmuls on the CPU backend.
+
+XLA's CPU backend computes the kernel gradient of a convolution (contracting batch and space) on a slow path: 4-20x the
+forward's time (benchmarks/README.md). Written as kh*kw matmuls of shifted input views against the output gradient,
+the same numbers take about the forward's time, which makes a whole DATE-R50 train step ~2x faster on a CPU. Input
+gradients and the forward stay XLA's. Only plain NHWC/HWIO convs with explicit padding, no dilation and one group take
+this path, and only when the default backend is the CPU: GPUs and TPUs keep XLA's own kernels. Set
+DATE_JAX_CONV_GRAD=xla to switch it off (the benchmarks compare both).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], ...]
+
+
+def kernel_grad_by_matmuls(x: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int],
+                           padding: Padding) -> jax.Array:
+    """d(loss)/d(kernel) of an NHWC/HWIO conv: x [B,H,W,I], dy [B,h,w,O] -> [kh,kw,I,O] float32."""
+    padded = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    (sh, sw), (ho, wo) = strides, dy.shape[1:3]
+    rows = []
+    for i in range(kernel_hw[0]):
+        taps = []
+        for j in range(kernel_hw[1]):
+            view = lax.slice(padded, (0, i, j, 0), (padded.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                                                    padded.shape[3]), (1, sh, sw, 1))
+            taps.append(jnp.einsum("bhwi,bhwo->io", view, dy, preferred_element_type=jnp.float32))
+        rows.append(jnp.stack(taps))
+    return jnp.stack(rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+def _conv_fwd(x, w, strides, padding):
+    return _conv(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, residual, dy):
+    x, w = residual
+    _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(x_, w, strides, padding, dimension_numbers=NHWC), x)
+    return input_vjp(dy)[0], kernel_grad_by_matmuls(x, dy, w.shape[:2], strides, padding).astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+              batch_group_count) -> bool:
+    """True for a 2-D NHWC/HWIO conv with explicit padding, no dilation and a single group."""
+    if lhs.ndim != 4 or isinstance(padding, str) or feature_group_count != 1 or batch_group_count != 1:
+        return False
+    if any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ())):
+        return False
+    return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+    """`lax.conv_general_dilated`; plain convs on the CPU backend get the matmul kernel gradient."""
+    use_matmuls = (os.environ.get("DATE_JAX_CONV_GRAD", "matmul") != "xla" and jax.default_backend() == "cpu"
+                   and precision is None and preferred_element_type is None
+                   and _is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                 feature_group_count, batch_group_count))
+    if not use_matmuls:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type)
+    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), tuple(tuple(int(p) for p in pad) for pad in padding))

@@ -145,6 +145,7 @@ def _fresh(config):
 def fixture_config():
     config = config_lib.base_config()
     config.model = fixture_model_config()
+    config.init_from.backbone = ""   # the base config points at the caffe ResNet-50 file, absent here
     return config
 
 

@@ -13,7 +13,6 @@ trained model (fixed top-k shapes). No TensorFlow.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from date_jax.evaluation import decode  # noqa: E402
 from date_jax.models import detector  # noqa: E402
-from train_step import (NUM_CLASSES, VARIANTS, benchmark_config, fmt_bytes, interleaved, machine_facts,  # noqa: E402
+from train_step import (NUM_CLASSES, write_json, VARIANTS, benchmark_config, fmt_bytes, interleaved, machine_facts,  # noqa: E402
                         peak_bytes, static_bytes, summarise)
 
 
@@ -106,10 +105,7 @@ def main() -> None:
     if args.peer:
         print(f"peer: torchvision FCOS-R50-FPN (network + NMS decode), torch {rows[0][1]['peer_versions']['torch']}, "
               f"{rows[0][1]['peer_versions']['threads']} threads; ratio = DATE latency / peer latency")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

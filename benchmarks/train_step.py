@@ -42,6 +42,14 @@ VARIANTS = {"f": dict(o2o="point", o2m="fcos"), "r": dict(o2o="point", o2m="reti
 NUM_CLASSES = 80
 
 
+def write_json(result: dict[str, Any], path: str) -> None:
+    """Write a benchmark's result dict as JSON to `path` (parents created) and say where."""
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
 def benchmark_config(variant: str, dtype: str, batch: int, max_boxes: int, tiny: bool = False
                      ) -> config_lib.ConfigDict:
     """The released DATE-R50 recipe for `variant` ('f' | 'r' | '3dmf'), computing in `dtype`, no pretrained weights."""
@@ -295,10 +303,7 @@ def main() -> None:
     if args.peer:
         print(f"ratio DATE / torchvision (step time): {result['ratio_date_over_peer']:.2f}x  "
               f"(torch {result['peer']['torch']}, {result['peer']['threads']} threads)")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,18 +23,25 @@ Padding = tuple[tuple[int, int], ...]
 
 def kernel_grad_by_matmuls(x: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int],
                            padding: Padding) -> jax.Array:
-    """d(loss)/d(kernel) of an NHWC/HWIO conv: x [B,H,W,I], dy [B,h,w,O] -> [kh,kw,I,O] float32."""
+    """d(loss)/d(kernel) of an NHWC/HWIO conv: x [B,H,W,I], dy [B,h,w,O] -> [kh,kw,I,O] float32.
+
+    Each tap is a matmul over batch and space; the CPU dot wants the contraction minor in one operand, so one operand
+    is laid out channels-first. For spatial kernels, and for 1x1 convs that reduce channels, that is the output
+    gradient, transposed once for all taps (the input's shifted views are then plain slices, and a transposed copy
+    of the input would also recompute the elementwise chain that produced it); otherwise it is the input.
+    """
     padded = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     (sh, sw), (ho, wo) = strides, dy.shape[1:3]
-    rows = []
-    for i in range(kernel_hw[0]):
-        taps = []
-        for j in range(kernel_hw[1]):
-            view = lax.slice(padded, (0, i, j, 0), (padded.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
-                                                    padded.shape[3]), (1, sh, sw, 1))
-            taps.append(jnp.einsum("bhwi,bhwo->io", view, dy, preferred_element_type=jnp.float32))
-        rows.append(jnp.stack(taps))
-    return jnp.stack(rows)
+    kh, kw = kernel_hw
+    views = [lax.slice(padded, (0, i, j, 0), (padded.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                                              padded.shape[3]), (1, sh, sw, 1))
+             for i in range(kh) for j in range(kw)]
+    if kh * kw == 1 and x.shape[3] <= dy.shape[3]:
+        return jnp.einsum("bhwi,bhwo->io", views[0], dy, preferred_element_type=jnp.float32)[None, None]
+    dy_channels_first = jnp.transpose(dy, (3, 0, 1, 2))
+    taps = [jnp.einsum("obhw,bhwi->oi", dy_channels_first, view, preferred_element_type=jnp.float32)
+            for view in views]   # [O, I] each: transposed only after stacking, so XLA keeps this operand order
+    return jnp.stack(taps).reshape(kh, kw, dy.shape[3], x.shape[3]).transpose(0, 1, 3, 2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

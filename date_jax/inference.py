@@ -53,20 +53,16 @@ class Detector:
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 [h, w, 3] -> (padded batch-1 image [1, H, W, 3], image_shape [1, 2], scale [1, 2])."""
-        import tensorflow as tf
-
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"predict expects uint8 RGB images [H, W, 3]; got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         plan = transforms.plan_test(np.array([h]), np.array([w]), self._scales)
         out_hw = plan.out_hw[0]
-        resized = transforms.transform_image(tf.constant(image), tf.constant(False), tf.constant(plan.resize_hw[0]),
-                                             tf.constant(plan.crop[0]), tf.constant(out_hw)).numpy()
         bucket = buckets.bucket_shapes(out_hw[None], self._scales.test_short, self._scales.max_size,
                                        self.config.data.bucket_divisor)[0]
-        padded = np.zeros([1, int(bucket[0]), int(bucket[1]), 3], np.uint8)
-        padded[0, : out_hw[0], : out_hw[1]] = resized
+        padded = transforms.transform_image(np.ascontiguousarray(image), False, plan.resize_hw[0], plan.crop[0],
+                                            out_hw, bucket)[None]
         scale = (out_hw / np.array([h, w], np.float32)).astype(np.float32)
         return padded, out_hw[None].astype(np.int32), scale[None]
 

@@ -1,13 +1,15 @@
 """Planned batches -> tf.data elements (read, decode, transform, pad) -> batches of the DESIGN §4 contract.
 
-A list of planned batches (serial, bucket, image indices; index -1 = evaluation padding) becomes flat numpy arrays, one
-row per example, with the boxes already transformed in numpy. tf.data reads and decodes in parallel in a deterministic
-order; an element whose image cannot be read or decoded is dropped there, and the assembler refills its slot (a copy of
-a readable image of the same batch in training, a padding example in evaluation), so a run never stops on one image
-and every process yields one batch per planned serial.
+A list of planned batches (serial, bucket, image indices; index -1 = evaluation padding) becomes numpy arrays, one
+row per example, with the boxes already transformed and padded in numpy. tf.data runs one numpy function per row in
+parallel and in a deterministic order: read, decode (OpenCV), transform and pad. A row whose image cannot be read or
+decoded is dropped there, and the assembler refills its slot (a copy of a readable image of the same batch in
+training, a padding example in evaluation), so a run never stops on one image and every process yields one batch per
+planned serial.
 """
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Iterator
 
 import ml_collections
@@ -26,7 +28,7 @@ BATCH_KEYS = ("image", "boxes", "labels", "box_mask", "image_shape", "image_id",
 
 def planned_elements(records: coco.Annotations, plan: transforms.TransformPlan, planned: list[Planned],
                      max_boxes: int, issues: DataIssues) -> dict[str, np.ndarray]:
-    """One row per example of `planned`: where to read it, how to transform it, its boxes (flat + row lengths)."""
+    """One row per example of `planned`: where to read it, how to transform it, its boxes padded to `max_boxes`."""
     index = np.concatenate([p[2] for p in planned]).astype(np.int64)
     m = len(index)
     serial = np.concatenate([np.full(len(p[2]), p[0], np.int64) for p in planned])
@@ -55,85 +57,88 @@ def planned_elements(records: coco.Annotations, plan: transforms.TransformPlan, 
         worst = int(np.argmax(kept_counts))
         issues.add("too_many_boxes", f"image id {int(records.image_ids[index[worst]])} with {kept_counts[worst]} "
                    f"boxes > max_boxes={max_boxes}", int((kept_counts > max_boxes).sum()))
+    owner_of, boxes_in = owner[selected], np.arange(len(selected))
+    position = boxes_in - np.searchsorted(owner_of, owner_of, side="left")    # owner is sorted: rank within image
+    boxes = np.zeros((m, max_boxes, 4), np.float32)
+    labels_out = np.zeros((m, max_boxes), np.int32)
+    box_mask = np.zeros((m, max_boxes), bool)
+    boxes[owner_of, position] = moved[selected]
+    labels_out[owner_of, position] = labels[selected]
+    box_mask[owner_of, position] = True
     return dict(
-        serial=serial, slot=slot, path=np.array([records.file_paths[i].encode() if r else b"" for i, r in
-                                                 zip(index, real)], object),
+        serial=serial, slot=slot, path=np.array([records.file_paths[i] if r else "" for i, r in zip(index, real)],
+                                                object),
         record_index=np.where(real, record_index, -1).astype(np.int64), flip=plan.flip[safe] & real,
         resize_hw=np.where(col, plan.resize_hw[safe], 1).astype(np.int32),
         crop=np.where(col, plan.crop[safe], [0, 0, 1, 1]).astype(np.int32), out_hw=out_hw, bucket_hw=bucket,
         image_shape=np.where(col, out_hw, bucket).astype(np.int32),
         image_id=np.where(real, records.image_ids[safe], -1).astype(np.int64), scale=scale, example_mask=real,
-        boxes=moved[selected], labels=labels[selected].astype(np.int32),
-        row_lengths=np.bincount(owner[selected], minlength=m).astype(np.int64))
+        boxes=boxes, labels=labels_out, box_mask=box_mask)
 
 
-def _stored_channels(data: "tf.Tensor") -> "tf.Tensor":
-    """TF: channels an encoded JPEG or PNG stores, read from its header (3 for other formats)."""
-    import tensorflow as tf
+def stored_channels(data: bytes) -> int:
+    """Channels an encoded image stores (1 gray, 2 gray + alpha, 3 RGB or palette, 4 RGBA or CMYK), from its header."""
+    from PIL import Image
 
-    def png_channels():   # IHDR colour type (byte 25): 0 gray, 2 RGB, 3 palette, 4 gray + alpha, 6 RGBA
-        colour_type = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 25, 1), tf.uint8)[0], tf.int32)
-        return tf.gather([1, 3, 3, 3, 2, 3, 4], tf.minimum(colour_type, 6))
-
-    is_png = tf.equal(tf.strings.substr(data, 0, 4), b"\x89PNG") & (tf.strings.length(data) > 25)
-    return tf.case([(tf.io.is_jpeg(data), lambda: tf.io.extract_jpeg_shape(data)[2]), (is_png, png_channels)],
-                   default=lambda: tf.constant(3))
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return 3 if image.mode == "P" else len(image.getbands())
+    except (OSError, ValueError):     # a format Pillow does not know: OpenCV decoded it to 3 channels
+        return 3
 
 
-def _decode_rgb(data: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
-    """TF: encoded JPEG/PNG/BMP/GIF bytes -> (uint8 [h,w,3] RGB, stored channel count); b'' -> one black pixel.
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded JPEG/PNG/BMP bytes -> uint8 [h,w,3] RGB (OpenCV, as mmcv reads images; EXIF orientation ignored, so
+    pixels stay in the frame the annotations use). Grayscale is replicated, alpha dropped and CMYK converted."""
+    import cv2
 
-    Grayscale is replicated, alpha dropped and CMYK converted by the decoder (channels=3)."""
-    import tensorflow as tf
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ValueError(f"cannot decode {len(data)} bytes as an image")
+    return image
 
-    def decode():
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        return image, _stored_channels(data)
 
-    return tf.cond(tf.strings.length(data) > 0, decode, lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(3)))
+def load_pixels(data: bytes, flip: bool, resize_hw: np.ndarray, crop: np.ndarray, out_hw: np.ndarray,
+                bucket_hw: np.ndarray) -> np.ndarray:
+    """Encoded image -> uint8 [H,W,3] transformed and zero-padded to bucket_hw; b'' (a padding slot) -> zeros."""
+    if not data:
+        return np.zeros((int(bucket_hw[0]), int(bucket_hw[1]), 3), np.uint8)
+    return transforms.transform_image(decode_rgb(data), bool(flip), resize_hw, crop, out_hw, bucket_hw)
 
 
 def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarray],
                 records: coco.Annotations) -> "tf.data.Dataset":
-    """tf.data over `elements`: parallel deterministic read/decode/transform/pad; unreadable images dropped."""
+    """tf.data over the rows of `elements` -> {row, image uint8 [H,W,3], channels}: each row read, decoded,
+    transformed and padded by one numpy function, in parallel and in order; rows that fail are dropped."""
+    import cv2
     import tensorflow as tf
 
     try:
         tf.config.set_visible_devices([], "GPU")   # the accelerators belong to JAX
     except (RuntimeError, ValueError):
         pass
-    max_boxes = config.data.max_boxes
-    columns = {k: v for k, v in elements.items() if k not in ("boxes", "labels", "row_lengths")}
-    columns["boxes"] = tf.RaggedTensor.from_row_lengths(elements["boxes"], elements["row_lengths"])
-    columns["labels"] = tf.RaggedTensor.from_row_lengths(elements["labels"], elements["row_lengths"])
+    cv2.setNumThreads(1)   # tf.data runs images in parallel; OpenCV's own threads would only contend with it
     read_encoded = records.read_encoded
 
-    def read(example):
-        if read_encoded is None:
-            return tf.cond(tf.strings.length(example["path"]) > 0, lambda: tf.io.read_file(example["path"]),
-                           lambda: tf.constant(b""))
-        encoded = tf.numpy_function(lambda i: read_encoded(int(i)) if i >= 0 else b"", [example["record_index"]],
-                                    tf.string, stateful=False)
-        return tf.reshape(encoded, [])
+    def load_row(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        row = int(row)
+        if not elements["example_mask"][row]:
+            data = b""
+        elif read_encoded is not None:
+            data = read_encoded(int(elements["record_index"][row]))
+        else:
+            with open(elements["path"][row], "rb") as f:
+                data = f.read()
+        image = load_pixels(data, elements["flip"][row], elements["resize_hw"][row], elements["crop"][row],
+                            elements["out_hw"][row], elements["bucket_hw"][row])
+        return image, np.int32(stored_channels(data) if data else 3)
 
-    def load(example):
-        image, channels = _decode_rgb(read(example))
-        image = transforms.transform_image(image, example["flip"], example["resize_hw"], example["crop"],
-                                           example["out_hw"])
-        pad = example["bucket_hw"] - example["out_hw"]
-        image = tf.pad(image, [[0, pad[0]], [0, pad[1]], [0, 0]])
-        boxes, labels = example["boxes"], example["labels"]
-        if isinstance(boxes, tf.RaggedTensor):
-            boxes, labels = boxes.to_tensor(), labels.to_tensor()
-        n = tf.shape(labels)[0]
-        return dict(serial=example["serial"], slot=example["slot"], path=example["path"], image=image,
-                    channels=channels, boxes=tf.pad(boxes, [[0, max_boxes - n], [0, 0]]),
-                    labels=tf.pad(labels, [[0, max_boxes - n]]), box_mask=tf.range(max_boxes) < n,
-                    image_shape=example["image_shape"], image_id=example["image_id"], scale=example["scale"],
-                    example_mask=example["example_mask"])
+    def load(row):
+        image, channels = tf.numpy_function(load_row, [row], [tf.uint8, tf.int32], stateful=False)
+        return dict(row=row, image=tf.ensure_shape(image, [None, None, 3]), channels=channels)
 
     local_batch = int(np.max(elements["slot"], initial=0)) + 1
-    ds = tf.data.Dataset.from_tensor_slices(columns)
+    ds = tf.data.Dataset.range(len(elements["slot"]))
     ds = ds.map(load, num_parallel_calls=config.data.num_parallel_calls, deterministic=True)
     ds = ds.ignore_errors()
     ds = ds.prefetch(max(1, config.data.prefetch) * local_batch)
@@ -151,10 +156,11 @@ def _blank_example(bucket: tuple[int, int], max_boxes: int) -> dict[str, np.ndar
 
 
 class Assembler:
-    """Groups decoded elements by batch serial and refills the slots of images that tf.data dropped."""
+    """Groups decoded rows by batch serial and refills the slots of images that tf.data dropped."""
 
-    def __init__(self, records: coco.Annotations, issues: DataIssues, max_boxes: int, copy_valid_slot: bool):
-        self.records, self.issues, self.max_boxes = records, issues, max_boxes
+    def __init__(self, records: coco.Annotations, issues: DataIssues, elements: dict[str, np.ndarray],
+                 max_boxes: int, copy_valid_slot: bool):
+        self.records, self.issues, self.elements, self.max_boxes = records, issues, elements, max_boxes
         self.copy_valid_slot = copy_valid_slot      # training: refill with a readable image of the same batch
 
     def _finish(self, planned: Planned, slots: dict[int, dict]) -> Batch:
@@ -162,30 +168,36 @@ class Assembler:
         for slot, index in enumerate(indices):
             if slot in slots:
                 if int(slots[slot]["channels"]) != 3:
-                    self.issues.add("channels_repaired", slots[slot]["path"].decode())
+                    self.issues.add("channels_repaired", self.elements["path"][slots[slot]["row"]])
             elif index >= 0:
                 self.issues.add("unreadable_image", self.records.file_paths[index] or
                                 f"image id {int(self.records.image_ids[index])}")
-        valid = [slots[s] for s in sorted(slots) if bool(slots[s]["example_mask"])]
-        examples = []
+        valid = [slots[s] for s in sorted(slots) if self.elements["example_mask"][slots[s]["row"]]]
+        chosen = []
         for slot in range(len(indices)):
             if slot in slots:
-                examples.append(slots[slot])
+                chosen.append(slots[slot])
             elif self.copy_valid_slot and valid:
-                examples.append(valid[slot % len(valid)])
+                chosen.append(valid[slot % len(valid)])
             else:
-                examples.append(_blank_example(bucket, self.max_boxes))
-        return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in BATCH_KEYS}
+                chosen.append(None)
+        blank = _blank_example(bucket, self.max_boxes)
+        batch = {"image": np.stack([blank["image"] if e is None else e["image"] for e in chosen])}
+        for key in BATCH_KEYS[1:]:
+            batch[key] = np.stack([blank[key] if e is None else self.elements[key][e["row"]] for e in chosen])
+        return batch
 
     def batches(self, planned: list[Planned], ds) -> Iterator[Batch]:
-        """One batch per entry of `planned`, in order, from the elements of `ds` (some may be missing)."""
+        """One batch per entry of `planned`, in order, from the rows of `ds` (some may be missing)."""
         position, slots = 0, {}
         for element in ds.as_numpy_iterator():
-            serial = int(element["serial"])
+            row = int(element["row"])
+            element["row"] = row
+            serial = int(self.elements["serial"][row])
             while planned[position][0] != serial:     # everything before `serial` has arrived
                 yield self._finish(planned[position], slots)
                 position, slots = position + 1, {}
-            slots[int(element["slot"])] = element
+            slots[int(self.elements["slot"][row])] = element
         for entry in planned[position:]:
             yield self._finish(entry, slots)
             slots = {}
@@ -197,5 +209,5 @@ def batches_of(config: ml_collections.ConfigDict, records: coco.Annotations, iss
     if not planned:
         return
     elements = planned_elements(records, plan, planned, config.data.max_boxes, issues)
-    assembler = Assembler(records, issues, config.data.max_boxes, copy_valid_slot)
+    assembler = Assembler(records, issues, elements, config.data.max_boxes, copy_valid_slot)
     yield from assembler.batches(planned, tf_elements(config, elements, records))

@@ -1,21 +1,17 @@
-"""DATE augmentations (SPEC §2.3): random parameters and box geometry in numpy, the pixel work in TensorFlow.
+"""DATE augmentations (SPEC §2.3): random parameters and box geometry in numpy, the pixel work in OpenCV.
 
 Every image goes through the same chain, with some steps being identities:
 flip (original frame) -> keep-ratio resize to `resize_hw` -> integer crop `crop` = (y0, x0, h, w) of that -> resize to
 `out_hw`. 1x and test: the crop is the whole image and `out_hw == resize_hw`. 3x / CrowdHuman ("DETR strategy"): flip,
 then policy (a) multi-scale resize, or (b) resize with a small short side -> `absolute_range` random crop -> multi-scale
 resize. Parameters are drawn per image in numpy, so the output size (and hence the bucket) is known before decoding.
+Pixels are resized with OpenCV's bilinear filter (half-pixel centres, no antialiasing), as mmcv's `imresize` does.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 import ml_collections
 import numpy as np
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 STANDARD_SHORT_SIZES = {
     "1x": (800,),
@@ -145,20 +141,21 @@ def transform_boxes(boxes: np.ndarray, owner: np.ndarray, heights: np.ndarray, w
     return b.astype(np.float32), keep
 
 
-def transform_image(image: "tf.Tensor", flip: "tf.Tensor", resize_hw: "tf.Tensor", crop: "tf.Tensor",
-                    out_hw: "tf.Tensor") -> "tf.Tensor":
-    """TF: uint8 [h,w,3] through flip / resize / crop / resize (tf scalars and int32 vectors) -> uint8 [oh,ow,3]."""
-    import tensorflow as tf
+def transform_image(image: np.ndarray, flip: bool, resize_hw: np.ndarray, crop: np.ndarray, out_hw: np.ndarray,
+                    bucket_hw: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [h,w,3] through flip / resize to resize_hw / crop (y0, x0, h, w) / resize to out_hw -> uint8 [oh,ow,3],
+    zero-padded at the bottom and right to bucket_hw [H, W] when given."""
+    import cv2
 
-    resize_hw, crop, out_hw = (tf.cast(v, tf.int32) for v in (resize_hw, crop, out_hw))
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    resized = tf.image.resize(image, resize_hw, method="bilinear")
-
-    def crop_and_resize():
-        window = tf.slice(resized, tf.stack([crop[0], crop[1], 0]), tf.stack([crop[2], crop[3], 3]))
-        return tf.image.resize(window, out_hw, method="bilinear")
-
-    is_identity = tf.reduce_all(tf.equal(crop, tf.concat([[0, 0], resize_hw], 0))) & tf.reduce_all(
-        tf.equal(out_hw, resize_hw))
-    result = tf.cond(is_identity, lambda: resized, crop_and_resize)
-    return tf.cast(result + 0.5, tf.uint8)   # bilinear weights are convex: values stay in [0, 255]
+    (rh, rw), (y0, x0, ch, cw), (oh, ow) = (tuple(int(v) for v in a) for a in (resize_hw, crop, out_hw))
+    if flip:
+        image = cv2.flip(image, 1)
+    if image.shape[:2] != (rh, rw):
+        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    if (y0, x0, ch, cw) != (0, 0, rh, rw) or (oh, ow) != (rh, rw):
+        window = np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw])
+        image = cv2.resize(window, (ow, oh), interpolation=cv2.INTER_LINEAR)
+    if bucket_hw is None:
+        return image
+    bh, bw = (int(v) for v in bucket_hw)
+    return cv2.copyMakeBorder(image, 0, bh - oh, 0, bw - ow, cv2.BORDER_CONSTANT, value=0)

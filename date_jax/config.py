@@ -84,7 +84,7 @@ def data_config() -> ConfigDict:
         bucket_divisor=128,         # padded sizes are multiples of this; a bucket holds one aspect-ratio class
         batch_size=16,              # global, across all processes
         eval_batch_size=8,          # global
-        num_parallel_calls=-1,      # decode/transform threads per process; -1 -> tf.data.AUTOTUNE
+        num_parallel_calls=-1,      # decode/transform threads per process; -1 -> one per CPU core
         prefetch=2,                 # batches decoded ahead (x the per-process batch size in images)
         check_files=True,           # stat every image file once at start-up; missing ones are skipped and counted
         num_train_images=0,         # 0 -> read from the annotation file; used to turn epochs into steps

@@ -97,10 +97,11 @@ def test_epoch_visits_each_image_at_most_once(config):
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(batches, other))
 
 
-def test_resume_reproduces_the_batches_of_a_fresh_run(config):
+@pytest.mark.parametrize("offset", [-1, 1])
+def test_resume_reproduces_the_batches_of_a_fresh_run(config, offset):
     records, _ = pipeline.load_split(config, "train")
     per_epoch = len(pipeline.epoch_plan(config, records, 0)[1])
-    start = per_epoch - 1                      # the resumed stream crosses the epoch boundary
+    start = per_epoch + offset     # resumed in epoch 0 crossing the boundary, or resumed within epoch 1
     fresh = take(pipeline.train_batches(config, process_index=1, process_count=2), start + 3)
     resumed = take(pipeline.train_batches(config, start_step=start, process_index=1, process_count=2), 3)
     for a, b in zip(fresh[start:], resumed):

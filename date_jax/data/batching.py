@@ -10,6 +10,7 @@ planned serial.
 from __future__ import annotations
 
 import io
+import os
 from typing import TYPE_CHECKING, Iterator
 
 import ml_collections
@@ -139,11 +140,16 @@ def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarra
 
     local_batch = int(np.max(elements["slot"], initial=0)) + 1
     ds = tf.data.Dataset.range(len(elements["slot"]))
-    ds = ds.map(load, num_parallel_calls=config.data.num_parallel_calls, deterministic=True)
+    workers = config.data.num_parallel_calls
+    if workers < 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ds = ds.map(load, num_parallel_calls=workers, deterministic=True)
     ds = ds.ignore_errors()
     ds = ds.prefetch(max(1, config.data.prefetch) * local_batch)
     options = tf.data.Options()
     options.deterministic = True
+    # No autotuning: deleting an autotuned iterator waits for its optimiser thread, up to ~17 s at every epoch end.
+    options.autotune.enabled = False
     return ds.with_options(options)
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from date_jax.data import batching, coco, synthetic, transforms
+from date_jax.data import batching, coco, prefetch, synthetic, transforms
 from date_jax.data import buckets as buckets_lib
 from date_jax.data.batching import Batch
 from date_jax.data.issues import DataIssues
@@ -118,17 +118,41 @@ def epoch_plan(config: ml_collections.ConfigDict, records: coco.Annotations,
 
 def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0, process_index: int | None = None,
                   process_count: int | None = None) -> Iterator[Batch]:
-    """Endless training batches (this process's share of each global batch), from global step `start_step` on."""
+    """Endless training batches (this process's share of each global batch), from global step `start_step` on.
+
+    The next epoch's plan and tf.data pipeline are built in a background thread while the last
+    `config.data.prefetch` + 1 batches of the current epoch are consumed, so an epoch boundary costs no wait.
+    """
     records, issues = load_split(config, "train")
     first, local = _process_share(config.data.batch_size, process_index, process_count, "batch_size")
     serial = 0
-    for epoch in itertools.count():
+
+    def epoch_batches(epoch: int, serial: int) -> tuple[int, Iterator[Batch]]:
+        """(batches in the epoch, an iterator over those at or after start_step)."""
         plan, batches = epoch_plan(config, records, epoch)
         planned = [(serial + k, bucket, indices[first:first + local]) for k, (bucket, indices) in enumerate(batches)
                    if serial + k >= start_step]
-        serial += len(batches)
-        yield from batching.batches_of(config, records, issues, plan, planned, copy_valid_slot=True)
-        issues.log_summary()
+        return len(batches), batching.batches_of(config, records, issues, plan, planned, copy_valid_slot=True)
+
+    lookahead = max(1, config.data.prefetch) + 1
+    size, current = epoch_batches(0, serial)
+    upcoming = None
+    try:
+        for epoch in itertools.count():
+            remaining = size - max(0, start_step - serial)
+            for k, batch in enumerate(current):
+                if upcoming is None and remaining - k <= lookahead:
+                    upcoming_size, upcoming_batches = epoch_batches(epoch + 1, serial + size)
+                    upcoming = upcoming_size, prefetch.Background(upcoming_batches, 1)
+                yield batch
+            issues.log_summary()
+            serial += size
+            size, current = upcoming if upcoming is not None else epoch_batches(epoch + 1, serial)
+            upcoming = None
+    finally:   # the consumer stopped: the thread building the next epoch stops too
+        for stream in (current, upcoming[1] if upcoming else None):
+            if isinstance(stream, prefetch.Background):
+                stream.close()
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, process_index: int | None = None,

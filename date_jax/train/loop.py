@@ -5,7 +5,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -14,7 +14,7 @@ from clu import metric_writers, parameter_overview
 
 from date_jax import config as config_lib
 from date_jax.convert import pretrained
-from date_jax.data import pipeline
+from date_jax.data import pipeline, prefetch
 from date_jax.evaluation import evaluator
 from date_jax.models import detector
 from date_jax.train import checkpoints, optimizer, sharding
@@ -153,7 +153,8 @@ def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str,
     last_saved = first_step if restored is not None else None
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     train_step = step_lib.make_train_step(model, tx, config, schedule, mesh, trainable)
-    batches: Iterator[dict[str, np.ndarray]] = pipeline.train_batches(config, start_step=first_step)
+    # assembled in a background thread, so the step never waits on the pipeline's Python work or epoch boundaries
+    batches = prefetch.Background(pipeline.train_batches(config, start_step=first_step), max(1, config.data.prefetch))
     preemption = _Preemption()
     logging.info("Training %d steps (%d images, global batch %d, %d per epoch) in %s.", num_steps, num_train_images,
                  config.data.batch_size, config_lib.steps_per_epoch(config, num_train_images), workdir)
@@ -193,6 +194,7 @@ def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str,
         manager.wait_until_finished()
         metrics = evaluate(config, model, state, step, writer, workdir)
     finally:
+        batches.close()
         preemption.restore()
         manager.wait_until_finished()
         writer.flush()

@@ -1,6 +1,6 @@
 """Seconds to compute the COCO bbox metrics of 5,000 images x 100 detections (synthetic), per backend.
 
-    python benchmarks/eval_speed.py [--images 5000] [--dets 100] [--crowdhuman]
+    python benchmarks/eval_speed.py [--images 5000] [--dets 100] [--crowdhuman] [--out benchmarks/results/eval_speed.json]
 
 Ground truth: ~7 objects per image over 80 categories with COCO-like sizes (one in 50 a crowd box); detections: a
 noisy copy of most objects plus random boxes up to `--dets` per image. Timed: ground truth indexing, loadRes,
@@ -17,8 +17,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from date_jax.evaluation import coco_metrics, crowdhuman_metrics  # noqa: E402
+from train_step import write_json  # noqa: E402
 
 
 def synthetic_coco(num_images: int, dets_per_image: int, num_classes: int, seed: int = 0):
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets", type=int, default=100)
     parser.add_argument("--crowdhuman", action="store_true")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                   "eval_speed.json"))
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
           f"{platform.python_version()}")
@@ -63,11 +67,12 @@ def main() -> None:
     print(f"COCO bbox metrics, {args.images} images x {args.dets} detections ({len(dets)} detections, "
           f"{len(gt['annotations'])} ground-truth boxes)")
     backends = ["pycocotools"] + (["faster_coco_eval"] if importlib.util.find_spec("faster_coco_eval") else [])
-    results = {}
+    results, seconds = {}, {}
     for backend in backends:
         start = time.perf_counter()
         results[backend] = coco_metrics.evaluate_coco(gt, dets, backend=backend)
-        print(f"  {backend:18s} {time.perf_counter() - start:7.2f} s   AP={results[backend]['AP']:.4f}")
+        seconds[backend] = time.perf_counter() - start
+        print(f"  {backend:18s} {seconds[backend]:7.2f} s   AP={results[backend]['AP']:.4f}")
     if len(results) == 2:
         worst = max(abs(results["pycocotools"][k] - results["faster_coco_eval"][k]) for k in coco_metrics.METRIC_NAMES)
         print(f"  largest difference between the backends over the 12 numbers: {worst:.2e}")
@@ -77,8 +82,11 @@ def main() -> None:
         gt1, dets1 = synthetic_coco(args.images, 500, 1, seed=1)
         start = time.perf_counter()
         metrics = crowdhuman_metrics.evaluate_crowdhuman(gt1, dets1)
-        print(f"CrowdHuman metrics, {args.images} images x 500 detections: {time.perf_counter() - start:.2f} s "
+        seconds["crowdhuman"] = time.perf_counter() - start
+        print(f"CrowdHuman metrics, {args.images} images x 500 detections: {seconds['crowdhuman']:.2f} s "
               f"({', '.join(f'{k}={v:.4f}' for k, v in metrics.items())})")
+    write_json(dict(images=args.images, detections_per_image=args.dets, seconds=seconds,
+                    ap={k: v["AP"] for k, v in results.items()}, cpu_count=os.cpu_count()), args.out)
 
 
 if __name__ == "__main__":

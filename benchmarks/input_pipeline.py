@@ -1,12 +1,13 @@
 """Input pipeline throughput with the COCO 1x transforms on generated 640x480-ish JPEGs (DESIGN §7: >= 200 img/s/core).
 
-    python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--batch_size 16] [--num_parallel_calls -1]
+    python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
+        [--num_parallel_calls -1] [--out benchmarks/results/input_pipeline.json]
 
 Writes (once, under --workdir) a COCO-format set of JPEGs of COCO's common sizes with natural-image-like statistics
 (shading, texture, noise, shapes; ~130 KB each; COCO's average is ~160 KB), then times `train_batches` (read,
 decode, flip, resize to (1333, 800), pad to a bucket, uint8 batches) after a warm-up. Prints images/s of wall time and images per CPU-second
 of the process (user + system, all threads): the latter is the per-core figure, and stays meaningful on a machine
-shared with other work. Use enough images for several batches per bucket: each epoch restarts the tf.data pipeline.
+shared with other work. `--repeats` windows of `--batches` batches are timed one after another (medians reported).
 """
 import argparse
 import itertools
@@ -17,12 +18,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from date_jax import config as config_lib  # noqa: E402
 from date_jax.data import pipeline  # noqa: E402
+from train_step import write_json  # noqa: E402
 
 COCO_SIZES = ((480, 640), (427, 640), (640, 480), (480, 640), (425, 640), (512, 640), (640, 427), (375, 500))
 
@@ -70,9 +73,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_parallel_calls", type=int, default=-1)
     parser.add_argument("--workdir", default="/tmp/date_jax_input_bench")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "results", "input_pipeline.json"))
     args = parser.parse_args()
     write_images(args.workdir, args.images)
     sizes = [os.path.getsize(os.path.join(args.workdir, "images", n)) for n in os.listdir(
@@ -82,17 +88,26 @@ def main() -> None:
                        batch_size=args.batch_size, num_parallel_calls=args.num_parallel_calls)
     batches = pipeline.train_batches(config, process_index=0, process_count=1)
     shapes = {next(batches)["image"].shape for _ in range(3)}          # warm-up: graph tracing, thread pools
-    cpu0, wall0 = cpu_seconds(), time.perf_counter()
-    for batch in itertools.islice(batches, args.batches):
-        shapes.add(batch["image"].shape)
-    wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     images = args.batches * args.batch_size
+    walls, cpus = [], []
+    for _ in range(args.repeats):
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        for batch in itertools.islice(batches, args.batches):
+            shapes.add(batch["image"].shape)
+        walls.append(images / (time.perf_counter() - wall0))
+        cpus.append(images / (cpu_seconds() - cpu0))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"input pipeline, COCO 1x (flip, resize to (1333, 800), pad to /128 buckets), uint8 batches of "
           f"{args.batch_size}; {len(sizes)} JPEGs of ~640x480, mean {np.mean(sizes) / 1024:.0f} KB")
-    print(f"  wall: {images / wall:.1f} images/s on {cores} cores (num_parallel_calls={args.num_parallel_calls})")
-    print(f"  cpu:  {images / cpu:.1f} images per CPU-second (per core; {1000 * cpu / images:.2f} ms CPU per image)")
+    print(f"  wall: {np.median(walls):.1f} images/s on {cores} cores (num_parallel_calls={args.num_parallel_calls}; "
+          f"windows: {', '.join(f'{w:.1f}' for w in walls)})")
+    print(f"  cpu:  {np.median(cpus):.1f} images per CPU-second (per core; {1000 / np.median(cpus):.2f} ms CPU per "
+          f"image; windows: {', '.join(f'{c:.1f}' for c in cpus)})")
     print(f"  batch shapes seen: {sorted(shapes)}")
+    write_json(dict(images_per_s_wall=float(np.median(walls)), images_per_cpu_s=float(np.median(cpus)),
+                    windows_wall=walls, windows_cpu=cpus, images_per_window=images, batch_size=args.batch_size,
+                    num_parallel_calls=args.num_parallel_calls, cores=cores, jpeg_kb_mean=float(np.mean(sizes)) / 1024,
+                    batch_shapes=sorted(shapes)), args.out)
 
 
 if __name__ == "__main__":

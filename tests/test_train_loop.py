@@ -1,5 +1,5 @@
-"""train.py end to end on a tiny synthetic set: resume after kill -9 reproduces the losses of an uninterrupted run,
-SIGTERM leaves a restorable checkpoint and exits 0, a NaN loss stops the run with the step named."""
+"""train.py end to end on a tiny synthetic set: resume after kill -9 reproduces the losses of an uninterrupted run
+(which also evaluates periodically), SIGTERM leaves a restorable checkpoint and exits 0, a NaN loss stops the run with the step named."""
 import json
 import os
 import signal
@@ -53,10 +53,15 @@ def _losses(workdir):
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run(shared, tmp_path):
     steps = 10
     straight = str(tmp_path / "straight")
-    subprocess.run(_command(shared, straight, steps), cwd=ROOT, env=_env(shared), check=True, timeout=1200,
-                   capture_output=True)
+    # periodic evaluations (scored in a worker thread) must not change the training losses
+    subprocess.run(_command(shared, straight, steps, "--config.eval_every_steps=4"), cwd=ROOT, env=_env(shared),
+                   check=True, timeout=1200, capture_output=True)
     reference = _losses(straight)
     assert sorted(reference) == list(range(1, steps + 1))
+    with open(os.path.join(straight, "eval_metrics.jsonl")) as f:
+        evals = [json.loads(line) for line in f]
+    assert [e["step"] for e in evals] == [4, 8, steps]
+    assert all(0.0 <= e["AP50"] <= 1.0 for e in evals)
 
     interrupted = str(tmp_path / "interrupted")
     proc = subprocess.Popen(_command(shared, interrupted, steps), cwd=ROOT, env=_env(shared),

@@ -4,6 +4,7 @@ Each process predicts its own shard of the validation set on its local devices (
 processes may hold different numbers of batches); fixed-size detection arrays are then gathered to process 0 with
 `process_allgather`, rescaled to the original images, turned into COCO results and scored with the metric of
 `config.test.metric` ('coco' or 'crowdhuman'). The metrics are broadcast back so every process returns them.
+Prediction (`predict_rows`) and scoring (`score_rows`) are separate, so a training loop can score in a worker thread.
 """
 from __future__ import annotations
 
@@ -167,6 +168,31 @@ def compute_metrics(config: ml_collections.ConfigDict, ground_truth: Any, detect
     return coco_metrics.evaluate_coco(ground_truth, detections, image_ids=image_ids)
 
 
+def predict_rows(config: ml_collections.ConfigDict, model: Any, variables: Any, *,
+                 num_images: int = 0) -> dict[str, np.ndarray]:
+    """Detections of `variables` on the first `num_images` validation images (0: all), as rows gathered to every
+    process (one row per image). Every process must call it: this is the part that uses the devices."""
+    predict = local_predictor(config, model, variables)
+    batches = pipeline.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count(),
+                                    num_images=num_images)
+    return gather_to_host(predict_batches(predict, batches, max_per_img=config.test.max_per_img,
+                                          max_boxes=config.data.max_boxes))
+
+
+def score_rows(config: ml_collections.ConfigDict, rows: Mapping[str, np.ndarray]) -> tuple[dict[str, float], list]:
+    """(metrics, COCO-format detections) of gathered prediction rows: host work only, safe in a worker thread."""
+    if not len(rows["image_id"]):
+        raise ValueError(f"the validation set of {config.data.source!r} gave no images to evaluate; check "
+                         f"config.data.val_ann / val_images and num_eval_images")
+    info = pipeline.dataset_info(config, "val")
+    category_ids = list(info.category_ids)
+    detections = coco_metrics.coco_results(rows["image_id"], rows["boxes"], rows["scores"], rows["labels"],
+                                           rows["valid"], category_ids)
+    ground_truth = info.ann_file or ground_truth_from_rows(rows, category_ids)
+    metrics = compute_metrics(config, ground_truth, detections, sorted(set(int(i) for i in rows["image_id"])))
+    return {name: float(metrics[name]) for name in metric_names(config)}, detections
+
+
 def evaluate_variables(config: ml_collections.ConfigDict, model: Any, variables: Any, *,
                        num_images: int = 0) -> tuple[dict[str, float], list[dict]]:
     """(metrics, COCO-format detections) of `variables` on the first `num_images` validation images (0: all).
@@ -174,23 +200,12 @@ def evaluate_variables(config: ml_collections.ConfigDict, model: Any, variables:
     Every process must call it; detections are returned on process 0 only ([] elsewhere), metrics everywhere.
     """
     names = metric_names(config)
-    info = pipeline.dataset_info(config, "val")
-    predict = local_predictor(config, model, variables)
-    batches = pipeline.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count(),
-                                    num_images=num_images)
-    rows = gather_to_host(predict_batches(predict, batches, max_per_img=config.test.max_per_img,
-                                          max_boxes=config.data.max_boxes))
+    pipeline.dataset_info(config, "val")       # fails early, on every process, if the split is missing
+    rows = predict_rows(config, model, variables, num_images=num_images)
     values = np.zeros(len(names), np.float64)
     detections: list[dict] = []
     if jax.process_index() == 0:
-        if not len(rows["image_id"]):
-            raise ValueError(f"the validation set of {config.data.source!r} gave no images to evaluate "
-                             f"(num_images={num_images}); check config.data.val_ann / val_images")
-        category_ids = list(info.category_ids)
-        detections = coco_metrics.coco_results(rows["image_id"], rows["boxes"], rows["scores"], rows["labels"],
-                                               rows["valid"], category_ids)
-        ground_truth = info.ann_file or ground_truth_from_rows(rows, category_ids)
-        metrics = compute_metrics(config, ground_truth, detections, sorted(set(int(i) for i in rows["image_id"])))
+        metrics, detections = score_rows(config, rows)
         values = np.asarray([metrics[n] for n in names], np.float64)
     if jax.process_count() > 1:
         values = np.asarray(multihost_utils.broadcast_one_to_all(values.astype(np.float32)), np.float64)

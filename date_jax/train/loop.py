@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+from concurrent import futures
 from typing import Any
 
 import jax
@@ -104,17 +105,49 @@ def _append_jsonl(workdir: str, name: str, record: dict[str, float]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _report_eval(step: int, seconds: float, metrics: dict[str, float], writer: metric_writers.MetricWriter,
+                 workdir: str) -> None:
+    """Log, write (TensorBoard, eval_metrics.jsonl) the metrics of the evaluation at `step`."""
+    logging.info("eval at step %d (%.1fs): %s", step, seconds, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+    _append_jsonl(workdir, "eval_metrics.jsonl", {"step": step, **metrics})
+
+
 def evaluate(config: config_lib.ConfigDict, model: Any, state: step_lib.TrainState, step: int,
              writer: metric_writers.MetricWriter, workdir: str) -> dict[str, float]:
     """Run the evaluator on the current variables and write its metrics (process 0 writes)."""
     t0 = time.perf_counter()
     metrics, _ = evaluator.evaluate_variables(config, model, state.variables, num_images=config.num_eval_images)
-    logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
-                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-    _append_jsonl(workdir, "eval_metrics.jsonl", {"step": step, **metrics})
+    _report_eval(step, time.perf_counter() - t0, metrics, writer, workdir)
     writer.write_images(step, _summary_images(config, model, state.variables))
     return metrics
+
+
+class _BackgroundEval:
+    """Periodic evaluations: predicted on the devices in the loop, scored on the host in a worker thread (process 0),
+    reported from the loop's thread once done, so training goes on while COCO metrics are computed."""
+
+    def __init__(self, writer: metric_writers.MetricWriter, workdir: str):
+        self.writer, self.workdir = writer, workdir
+        self.pool = futures.ThreadPoolExecutor(1, thread_name_prefix="date-jax-eval")
+        self.jobs: list[tuple[int, float, futures.Future]] = []
+
+    def start(self, config: config_lib.ConfigDict, model: Any, state: step_lib.TrainState, step: int) -> None:
+        t0 = time.perf_counter()
+        rows = evaluator.predict_rows(config, model, state.variables, num_images=config.num_eval_images)
+        self.writer.write_images(step, _summary_images(config, model, state.variables))
+        if jax.process_index() == 0:
+            self.jobs.append((step, t0, self.pool.submit(evaluator.score_rows, config, rows)))
+
+    def report_finished(self, wait: bool = False) -> None:
+        """Write the metrics of finished evaluations, in step order (all of them when `wait`)."""
+        while self.jobs and (wait or self.jobs[0][2].done()):
+            step, t0, job = self.jobs.pop(0)
+            metrics, _ = job.result()
+            _report_eval(step, time.perf_counter() - t0, metrics, self.writer, self.workdir)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress_line(step: int, num_steps: int, means: dict[str, float], images_per_s: float, eta_s: float) -> str:
@@ -159,6 +192,7 @@ def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str,
     logging.info("Training %d steps (%d images, global batch %d, %d per epoch) in %s.", num_steps, num_train_images,
                  config.data.batch_size, config_lib.steps_per_epoch(config, num_train_images), workdir)
 
+    periodic_eval = _BackgroundEval(writer, workdir)
     window = _MetricWindow(first_step)
     step = first_step
     try:
@@ -190,10 +224,13 @@ def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str,
                 logging.warning("Preempted: checkpoint at step %d written; exiting.", step)
                 return {}
             if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
-                evaluate(config, model, state, step, writer, workdir)
+                periodic_eval.start(config, model, state, step)
+            periodic_eval.report_finished()
         manager.wait_until_finished()
+        periodic_eval.report_finished(wait=True)
         metrics = evaluate(config, model, state, step, writer, workdir)
     finally:
+        periodic_eval.close()
         batches.close()
         preemption.restore()
         manager.wait_until_finished()

@@ -96,6 +96,7 @@ def main() -> None:
             shapes.add(batch["image"].shape)
         walls.append(images / (time.perf_counter() - wall0))
         cpus.append(images / (cpu_seconds() - cpu0))
+    batches.close()     # stops the thread that builds the next epoch ahead
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"input pipeline, COCO 1x (flip, resize to (1333, 800), pad to /128 buckets), uint8 batches of "
           f"{args.batch_size}; {len(sizes)} JPEGs of ~640x480, mean {np.mean(sizes) / 1024:.0f} KB")

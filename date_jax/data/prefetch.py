@@ -12,7 +12,7 @@ _DONE = object()
 class Background(Generic[T]):
     """Pulls `source` in a daemon thread into a queue of `size` items; errors surface at the consumer's next().
 
-    `close()` stops the thread (it may finish the item in hand); closing is idempotent and happens at exhaustion.
+    `close()` stops the thread after the item in hand and closes `source`; it is idempotent and happens at exhaustion.
     """
 
     def __init__(self, source: Iterator[T], size: int):
@@ -41,6 +41,10 @@ class Background(Generic[T]):
             self._put(_DONE)
         except BaseException as error:      # noqa: BLE001 - re-raised in the consumer's thread
             self._put(error)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:           # a generator's `finally` blocks run here, in the thread that ran it
+                close()
 
     def __iter__(self) -> "Background[T]":
         return self
@@ -57,11 +61,14 @@ class Background(Generic[T]):
             raise item
         return item
 
-    def close(self) -> None:
-        """Stop the producer thread and drop what it had queued."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the producer thread, drop what it had queued and wait (up to `timeout_s`) for it to finish the item
+        in hand, so no thread is left inside the source (e.g. a tf.data iterator) when the process exits."""
         self._stop.set()
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)

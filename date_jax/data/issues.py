@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 
 logger = logging.getLogger("date_jax.data")
 
@@ -23,13 +24,15 @@ KINDS = {
 
 
 class DataIssues:
-    """Counts bad inputs per kind; the first occurrence of each kind is logged with an example, summaries on demand."""
+    """Counts bad inputs per kind; the first occurrence of each kind is logged with an example, summaries on demand.
+    Safe to share between threads (an epoch can be assembled ahead while the current one finishes)."""
 
     def __init__(self, source: str):
         self.source = source
         self.counts: collections.Counter[str] = collections.Counter()
         self._logged_kinds: set[str] = set()
         self._last_summary: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def add(self, kind: str, example: str = "", count: int = 1) -> None:
         """Count `count` occurrences of `kind`; the first one of each kind is logged with `example`."""
@@ -37,9 +40,11 @@ class DataIssues:
             raise ValueError(f"unknown data issue kind {kind!r}; known: {sorted(KINDS)}")
         if count <= 0:
             return
-        self.counts[kind] += count
-        if kind not in self._logged_kinds:
+        with self._lock:
+            self.counts[kind] += count
+            first = kind not in self._logged_kinds
             self._logged_kinds.add(kind)
+        if first:
             logger.warning("%s: %s, e.g. %s (further ones are counted and summarised)", self.source, KINDS[kind],
                            example or "-")
 
@@ -49,7 +54,8 @@ class DataIssues:
 
     def log_summary(self) -> None:
         """Log the summary if anything changed since the last call (so each state is logged once)."""
-        current = dict(self.counts)
+        with self._lock:
+            current = dict(self.counts)
         if current and current != self._last_summary:
             logger.warning("%s: data issues so far: %s", self.source, self.summary())
         self._last_summary = current

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from date_jax import boxes as box_ops
-from date_jax.assign.matching import assign_on_candidates
+from date_jax.assign.matching import assign_on_candidates, matching_inputs, unmatched
 
 Array = jax.Array
 
@@ -34,13 +34,10 @@ def hungarian_cost(cls_logit: Array, pred_boxes: Array, gt_boxes: Array, image_s
 def hungarian_assign(cls_logits: Array, pred_boxes: Array, gt_boxes: Array, gt_labels: Array, gt_mask: Array,
                      image_shape: Array, **cost_kwargs: float) -> tuple[Array, Array]:
     """DETR-style matching for one image: logits [N, C], pred [N, 4], gts [G, ...] -> (gt_to_point [G], point_to_gt [N])."""
-    cls_logits = jax.lax.stop_gradient(cls_logits)
-    pred_boxes = jax.lax.stop_gradient(pred_boxes)
-    num_points = cls_logits.shape[0]
-    num_gts = gt_boxes.shape[0]
+    cls_logits, pred_boxes, labels = matching_inputs(cls_logits, pred_boxes, gt_labels)
+    num_points, num_gts = cls_logits.shape[0], gt_boxes.shape[0]
     if num_gts == 0:
-        return jnp.zeros((0,), jnp.int32), jnp.full((num_points,), -1, jnp.int32)
-    labels = jnp.clip(gt_labels, 0, cls_logits.shape[1] - 1)
+        return unmatched(num_points)
     cost = hungarian_cost(cls_logits.T[labels], pred_boxes[None], gt_boxes[:, None, :], image_shape,
                           **cost_kwargs)                                                  # [G, N]
     if num_gts * num_gts >= num_points:

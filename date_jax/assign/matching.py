@@ -99,6 +99,17 @@ def linear_sum_assignment(cost: Array, maximize: bool = False) -> tuple[Array, A
     return row_of_column[order], order.astype(jnp.int32)
 
 
+def matching_inputs(cls_logits: Array, pred_boxes: Array, gt_labels: Array) -> tuple[Array, Array, Array]:
+    """Predictions detached from the graph (logits [N, C], boxes [N, 4]) and gt labels [G] clipped to the C classes."""
+    labels = jnp.clip(gt_labels, 0, cls_logits.shape[1] - 1)
+    return jax.lax.stop_gradient(cls_logits), jax.lax.stop_gradient(pred_boxes), labels
+
+
+def unmatched(num_points: int) -> tuple[Array, Array]:
+    """The assignment of an image without ground-truth slots: (gt_to_point [0], point_to_gt [N] all -1)."""
+    return jnp.zeros((0,), jnp.int32), jnp.full((num_points,), -1, jnp.int32)
+
+
 def first_slots(candidates: Array, num_points: int) -> Array:
     """Position of each point's first occurrence in candidate ids [K] -> [N] int32 (K where the point is absent)."""
     num_candidates = candidates.shape[0]

@@ -34,7 +34,7 @@ import numpy as np
 
 from date_jax import boxes as box_ops
 from date_jax import priors
-from date_jax.assign.matching import assign_on_candidates, first_slots
+from date_jax.assign.matching import assign_on_candidates, first_slots, matching_inputs, unmatched
 
 Array = jax.Array
 
@@ -88,15 +88,12 @@ def _window_candidates(grid: priors.PointGrid, gt_boxes: Array, radius: float) -
 def poto_assign(cls_logits: Array, pred_boxes: Array, gt_boxes: Array, gt_labels: Array, gt_mask: Array,
                 grid: priors.PointGrid, alpha: float = 0.8, radius: float = 1.5) -> tuple[Array, Array]:
     """POTO for one image: logits [N, C], pred xyxy [N, 4], gts [G, 4]/[G]/[G] -> (gt_to_point [G], point_to_gt [N])."""
-    cls_logits = jax.lax.stop_gradient(cls_logits)
-    pred_boxes = jax.lax.stop_gradient(pred_boxes)
-    num_points = cls_logits.shape[0]
-    num_gts = gt_boxes.shape[0]
+    cls_logits, pred_boxes, labels = matching_inputs(cls_logits, pred_boxes, gt_labels)
+    num_points, num_gts = cls_logits.shape[0], gt_boxes.shape[0]
     if num_gts == 0:
-        return jnp.zeros((0,), jnp.int32), jnp.full((num_points,), -1, jnp.int32)
+        return unmatched(num_points)
     points = jnp.asarray(grid.points)
     strides = jnp.asarray(grid.strides)
-    labels = jnp.clip(gt_labels, 0, cls_logits.shape[1] - 1)
 
     window = _window_candidates(grid, gt_boxes, radius)                                       # [G, W]
     window_quality = poto_quality(points[window], strides[window], pred_boxes[window],

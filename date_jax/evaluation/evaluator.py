@@ -22,6 +22,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from date_jax import compiler_options
 from date_jax.data import pipeline
 from date_jax.evaluation import coco_metrics, crowdhuman_metrics, decode, draw
 from date_jax.models import detector
@@ -62,7 +63,7 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any) -> Callable:
         def predict(variables: Any, images: jax.Array, image_shape: jax.Array) -> dict[str, jax.Array]:
             outputs = model.apply(variables, images, image_shape)
             return decode.decode_outputs(outputs, image_shape, image_hw=images.shape[1:3], config=config)
-        _PREDICT_CACHE[key] = jax.jit(predict)
+        _PREDICT_CACHE[key] = jax.jit(predict, compiler_options=compiler_options.for_backend())
     return _PREDICT_CACHE[key]
 
 

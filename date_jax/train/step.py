@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from date_jax import compiler_options
 from date_jax import config as config_lib
 from date_jax import losses
 from date_jax.train import sharding
@@ -49,7 +50,7 @@ def replicated_state(variables: dict[str, Any], tx: optax.GradientTransformation
 
 def tree_norm(tree: Any) -> jax.Array:
     """Global L2 norm of a pytree -> []."""
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx: optax.GradientTransformation,
@@ -83,4 +84,5 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
                                 trainable=trainable)
     return jax.jit(step_fn, donate_argnums=(0,),
                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                   out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
+                   out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+                   compiler_options=compiler_options.for_backend())

@@ -28,11 +28,14 @@ def kernel_grad_by_matmuls(x: jax.Array, dy: jax.Array, kernel_hw: Sequence[int]
     Each tap is a matmul over batch and space; the CPU dot wants the contraction minor in one operand, so one operand
     is laid out channels-first. For spatial kernels, and for 1x1 convs that reduce channels, that is the output
     gradient, transposed once for all taps (the input's shifted views are then plain slices, and a transposed copy
-    of the input would also recompute the elementwise chain that produced it); otherwise it is the input.
+    of the input would also recompute the elementwise chain that produced it); otherwise it is the input. Stride-1
+    spatial convs that narrow the channels (the head's predictors) shift the output gradient instead.
     """
-    padded = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     (sh, sw), (ho, wo) = strides, dy.shape[1:3]
     kh, kw = kernel_hw
+    if (sh, sw) == (1, 1) and kh * kw > 1 and dy.shape[3] < x.shape[3]:
+        return _kernel_grad_shifting_dy(x, dy, kernel_hw, padding)
+    padded = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     views = [lax.slice(padded, (0, i, j, 0), (padded.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
                                               padded.shape[3]), (1, sh, sw, 1))
              for i in range(kh) for j in range(kw)]
@@ -42,6 +45,23 @@ def kernel_grad_by_matmuls(x: jax.Array, dy: jax.Array, kernel_hw: Sequence[int]
     taps = [jnp.einsum("obhw,bhwi->oi", dy_channels_first, view, preferred_element_type=jnp.float32)
             for view in views]   # [O, I] each: transposed only after stacking, so XLA keeps this operand order
     return jnp.stack(taps).reshape(kh, kw, dy.shape[3], x.shape[3]).transpose(0, 1, 3, 2)
+
+
+def _kernel_grad_shifting_dy(x: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], padding: Padding) -> jax.Array:
+    """The stride-1 kernel gradient with the taps shifting the narrower output gradient instead of the input:
+    x [B,H,W,I], dy [B,h,w,O] with O < I -> [kh,kw,I,O] float32. Tap (i, j) sums x[r, c] * dy[r + pt - i, c + pl - j]
+    over the input's positions (dy zero outside), so the input is transposed once and only dy's views are copied."""
+    (kh, kw), (h, w), (ho, wo) = kernel_hw, x.shape[1:3], dy.shape[1:3]
+    (pt, _), (pl, _) = padding
+    top, left = max(0, kh - 1 - pt), max(0, kw - 1 - pl)
+    padded = jnp.pad(dy, ((0, 0), (top, max(0, h + pt - ho)), (left, max(0, w + pl - wo)), (0, 0)))
+    x_channels_first = jnp.transpose(x, (3, 0, 1, 2))
+    taps = [jnp.einsum("ibhw,bhwo->io", x_channels_first,
+                       lax.slice(padded, (0, top + pt - i, left + pl - j, 0),
+                                 (padded.shape[0], top + pt - i + h, left + pl - j + w, padded.shape[3])),
+                       preferred_element_type=jnp.float32)
+            for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, x.shape[3], dy.shape[3])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -20,7 +20,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from date_jax import compiler_options  # noqa: E402
 from date_jax import config as config_lib  # noqa: E402
+from date_jax import malloc_tunables  # noqa: E402
 from date_jax.models import detector  # noqa: E402
 
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     variables = detector.init_variables(model, jax.random.key(0), (128, 128))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (args.batch, args.height, args.width, 3)),
                          jnp.uint8)
-    forward = jax.jit(model.apply)
+    forward = jax.jit(model.apply, compiler_options=compiler_options.for_backend())
 
     start = time.perf_counter()
     compiled = forward.lower(variables, images).compile()
@@ -99,4 +101,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    malloc_tunables.reexec_with_tunables()   # measure the process as train.py runs it
     main()

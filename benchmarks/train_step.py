@@ -31,8 +31,10 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from date_jax import compiler_options  # noqa: E402
 from date_jax import config as config_lib  # noqa: E402
 from date_jax import losses  # noqa: E402
+from date_jax import malloc_tunables  # noqa: E402
 from date_jax.models import detector  # noqa: E402
 from date_jax.train import optimizer, sharding  # noqa: E402
 from date_jax.train import step as step_lib  # noqa: E402
@@ -187,7 +189,7 @@ def build_breakdown(variant: str, image_hw: tuple[int, int], batch: int, dtype: 
     runners, compile_s = {}, {}
     for name, (fn, args) in parts.items():
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        compiled = jax.jit(fn, compiler_options=compiler_options.for_backend()).lower(*args).compile()
         compile_s[name] = time.perf_counter() - start
 
         def run(compiled=compiled, args=args) -> None:
@@ -209,11 +211,13 @@ def time_steps(run: Callable[[], None], steps: int) -> list[float]:
 
 
 def machine_facts() -> dict[str, Any]:
-    """What the figures were measured on: device kind, backend, host, cores, jax version, XLA flags."""
+    """What the figures were measured on: device kind, backend, host, cores, jax version, XLA flags and options,
+    glibc tunables."""
     device = jax.devices()[0]
     return dict(device=getattr(device, "device_kind", str(device)), backend=jax.default_backend(),
                 num_devices=jax.device_count(), host_cpu=platform.processor() or platform.machine(),
-                cpu_cores=os.cpu_count(), jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+                cpu_cores=os.cpu_count(), jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                compiler_options=compiler_options.for_backend(), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
 
 
 def interleaved(runners: dict[str, Callable[[], None]], steps: int, repeats: int) -> dict[str, list[float]]:
@@ -307,4 +311,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    malloc_tunables.reexec_with_tunables()   # measure the process as train.py runs it
     main()

@@ -8,6 +8,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from date_jax import malloc_tunables  # noqa: E402
+
+if __name__ == "__main__":
+    malloc_tunables.reexec_with_tunables()   # first: restarts the command with glibc malloc tunables (XLA CPU buffers)
+
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402

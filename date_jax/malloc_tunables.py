@@ -1,0 +1,38 @@
+"""glibc malloc tunables for date-jax processes: keep XLA's large CPU buffers mapped, on transparent huge pages.
+
+XLA's CPU client allocates an executable's temporaries with posix_memalign on every call (1.9 GB for a DATE-R50 train
+step at 512x512, batch 2). Allocated from a worker thread's arena, a block that large is always a fresh mmap, so every
+step faulted in ~460k 4 KiB pages and unmapped them again: 1-3 s of kernel time per step on the 2-core benchmark host.
+With one arena, no mmap and no trimming, freed blocks stay in the heap for the next call, and `hugetlb=1` backs the heap
+with transparent huge pages (benchmarks/README.md has the figures). glibc reads GLIBC_TUNABLES only at start-up, so the
+entry points call `reexec_with_tunables()` before anything else: it restarts the same command once with the tunables.
+DATE_JAX_MALLOC_TUNABLES=0, or a GLIBC_TUNABLES that already sets a glibc.malloc tunable, leaves the process as it is,
+and so does any platform but Linux with glibc.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+TUNABLES = ("glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=1099511627776",
+            "glibc.malloc.hugetlb=1")
+
+
+def wanted() -> bool:
+    """True if this process runs on glibc without malloc tunables of its own and the user has not opted out."""
+    return (sys.platform.startswith("linux") and bool(sys.executable) and platform.libc_ver()[0] == "glibc"
+            and os.environ.get("DATE_JAX_MALLOC_TUNABLES", "1") != "0"
+            and "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", ""))
+
+
+def reexec_with_tunables() -> None:
+    """Replace this process by the same command line with `TUNABLES` appended to GLIBC_TUNABLES (once; no-op unless
+    `wanted()`). Call it first thing in an entry point: nothing done before it survives."""
+    if not wanted():
+        return
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES", ""), *TUNABLES]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -1,17 +1,20 @@
-"""glibc malloc tunables for date-jax processes: keep XLA's large CPU buffers mapped, on transparent huge pages.
+"""glibc malloc tunables for date-jax processes that run JAX on the CPU: keep XLA's large buffers mapped, on huge pages.
 
 XLA's CPU client allocates an executable's temporaries with posix_memalign on every call (1.9 GB for a DATE-R50 train
 step at 512x512, batch 2). Allocated from a worker thread's arena, a block that large is always a fresh mmap, so every
 step faulted in ~460k 4 KiB pages and unmapped them again: 1-3 s of kernel time per step on the 2-core benchmark host.
 With one arena, no mmap and no trimming, freed blocks stay in the heap for the next call, and `hugetlb=1` backs the heap
-with transparent huge pages (benchmarks/README.md has the figures). glibc reads GLIBC_TUNABLES only at start-up, so the
-entry points call `reexec_with_tunables()` before anything else: it restarts the same command once with the tunables.
+with transparent huge pages (benchmarks/README.md has the figures). One arena serialises malloc across threads, which
+costs the tf.data pipeline wall-clock throughput, so hosts that will run JAX on a GPU or TPU (JAX_PLATFORMS names one,
+or a CUDA/ROCm/TPU plugin is installed) are left alone. glibc reads GLIBC_TUNABLES only at start-up, so the entry
+points call `reexec_with_tunables()` before anything else: it restarts the same command once with the tunables.
 DATE_JAX_MALLOC_TUNABLES=0, or a GLIBC_TUNABLES that already sets a glibc.malloc tunable, leaves the process as it is,
 and so does any platform but Linux with glibc.
 """
 from __future__ import annotations
 
 import os
+import pkgutil
 import platform
 import sys
 
@@ -19,11 +22,24 @@ TUNABLES = ("glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0", "glibc.malloc
             "glibc.malloc.hugetlb=1")
 
 
+ACCELERATOR_PLUGINS = ("jax_cuda", "jax_rocm", "libtpu")   # module-name prefixes of JAX's GPU/TPU plugins
+
+
+def accelerator_expected() -> bool:
+    """True if JAX will run on a GPU or TPU here: JAX_PLATFORMS names one first, or (unset) a plugin is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() != "cpu"
+    return any(module.name.startswith(ACCELERATOR_PLUGINS) for module in pkgutil.iter_modules())
+
+
 def wanted() -> bool:
-    """True if this process runs on glibc without malloc tunables of its own and the user has not opted out."""
+    """True on glibc for a process that will run JAX on the CPU, has no malloc tunables of its own and has not
+    opted out."""
     return (sys.platform.startswith("linux") and bool(sys.executable) and platform.libc_ver()[0] == "glibc"
             and os.environ.get("DATE_JAX_MALLOC_TUNABLES", "1") != "0"
-            and "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", ""))
+            and "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", "")
+            and not accelerator_expected())
 
 
 def reexec_with_tunables() -> None:

@@ -1,5 +1,7 @@
-"""Entry points restart once with glibc malloc tunables, after which a large freed block is reused without page faults."""
+"""CPU entry points restart once with glibc malloc tunables, after which a large freed block is reused without page
+faults; GPU/TPU hosts and users with their own tunables are left alone."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -39,14 +41,15 @@ print("faults", faults[1], flush=True)
 
 def _probe(**env_overrides):
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "DATE_JAX_MALLOC_TUNABLES")}
-    env.update(env_overrides)
+    env.update({"JAX_PLATFORMS": "cpu", **env_overrides})
     result = subprocess.run([sys.executable, "-c", PROBE.format(root=ROOT)], env=env, capture_output=True, text=True,
                             timeout=120, check=True)
     lines = result.stdout.splitlines()
     return [line for line in lines if line.startswith("start")], int(lines[-1].split()[1])
 
 
-@pytest.mark.skipif(not malloc_tunables.wanted(), reason="needs Linux with glibc (the tunables are glibc's)")
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="needs Linux with glibc (the tunables are glibc's)")
 def test_restart_adds_tunables_and_the_second_fill_reuses_pages():
     starts, faults = _probe()
     assert len(starts) == 2                              # restarted exactly once
@@ -60,3 +63,13 @@ def test_restart_adds_tunables_and_the_second_fill_reuses_pages():
 
     starts, _ = _probe(GLIBC_TUNABLES="glibc.malloc.check=0")
     assert starts == ["start glibc.malloc.check=0"]      # the user's own malloc tunables win
+
+    starts, _ = _probe(JAX_PLATFORMS="cuda,cpu")
+    assert starts == ["start "]                          # JAX will run on a GPU: the host buffers are tf.data's
+
+
+def test_accelerator_expected_follows_jax_platforms(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not malloc_tunables.accelerator_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    assert malloc_tunables.accelerator_expected()

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from date_jax import malloc_tunables  # noqa: E402
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # first: restarts the command with glibc malloc tunables (XLA CPU buffers)
+    malloc_tunables.reexec_with_tunables()   # first: with DATE_JAX_MALLOC_TUNABLES=1, restarts with glibc tunables
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -101,5 +101,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # measure the process as train.py runs it
+    malloc_tunables.reexec_with_tunables()   # as train.py: restarts with glibc tunables if DATE_JAX_MALLOC_TUNABLES=1
     main()

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from date_jax import malloc_tunables  # noqa: E402
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # first: restarts the command with glibc malloc tunables (XLA CPU buffers)
+    malloc_tunables.reexec_with_tunables()   # first: with DATE_JAX_MALLOC_TUNABLES=1, restarts with glibc tunables
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402

@@ -11,8 +11,8 @@ from date_jax import malloc_tunables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Starts, restarts itself through reexec_with_tunables, then fills a 256 MB posix_memalign block twice (freed in between)
-# from a worker thread, as XLA's CPU client does, and prints the minor page faults of the second fill.
+# Starts, restarts itself through reexec_with_tunables, then fills a 256 MB posix_memalign block twice (freed in
+# between) from a worker thread, as XLA's CPU client does, and prints the minor page faults of the second fill.
 PROBE = """
 import ctypes, os, resource, sys, threading
 sys.path.insert(0, {root!r})

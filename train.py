@@ -8,10 +8,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from date_jax import malloc_tunables  # noqa: E402
+from date_jax import cpu_memory  # noqa: E402
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # first: with DATE_JAX_MALLOC_TUNABLES=1, restarts with glibc tunables
+    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

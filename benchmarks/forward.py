@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from date_jax import compiler_options  # noqa: E402
 from date_jax import config as config_lib  # noqa: E402
-from date_jax import malloc_tunables  # noqa: E402
+from date_jax import cpu_memory  # noqa: E402
 from date_jax.models import detector  # noqa: E402
 
 
@@ -101,5 +101,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # as train.py: restarts with glibc tunables if DATE_JAX_MALLOC_TUNABLES=1
+    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
     main()

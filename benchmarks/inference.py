@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from date_jax import compiler_options  # noqa: E402
-from date_jax import malloc_tunables  # noqa: E402
+from date_jax import cpu_memory  # noqa: E402
 from date_jax.evaluation import decode  # noqa: E402
 from date_jax.models import detector  # noqa: E402
 from train_step import (NUM_CLASSES, write_json, VARIANTS, benchmark_config, fmt_bytes, interleaved, machine_facts,  # noqa: E402
@@ -112,5 +112,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # as train.py: restarts with glibc tunables if DATE_JAX_MALLOC_TUNABLES=1
+    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
     main()

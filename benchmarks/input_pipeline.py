@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from date_jax import config as config_lib  # noqa: E402
-from date_jax import malloc_tunables  # noqa: E402
+from date_jax import cpu_memory  # noqa: E402
 from date_jax.data import pipeline  # noqa: E402
 from train_step import write_json  # noqa: E402
 
@@ -113,5 +113,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # as train.py: restarts with glibc tunables if DATE_JAX_MALLOC_TUNABLES=1
+    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
     main()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from date_jax import compiler_options  # noqa: E402
 from date_jax import config as config_lib  # noqa: E402
 from date_jax import losses  # noqa: E402
-from date_jax import malloc_tunables  # noqa: E402
+from date_jax import cpu_memory  # noqa: E402
 from date_jax.models import detector  # noqa: E402
 from date_jax.train import optimizer, sharding  # noqa: E402
 from date_jax.train import step as step_lib  # noqa: E402
@@ -212,12 +212,13 @@ def time_steps(run: Callable[[], None], steps: int) -> list[float]:
 
 def machine_facts() -> dict[str, Any]:
     """What the figures were measured on: device kind, backend, host, cores, jax version, XLA flags and options,
-    glibc tunables."""
+    whether the CPU heap is retained (date_jax/cpu_memory.py)."""
     device = jax.devices()[0]
     return dict(device=getattr(device, "device_kind", str(device)), backend=jax.default_backend(),
                 num_devices=jax.device_count(), host_cpu=platform.processor() or platform.machine(),
                 cpu_cores=os.cpu_count(), jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                compiler_options=compiler_options.for_backend(), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
+                compiler_options=compiler_options.for_backend(),
+                cpu_heap_retained=cpu_memory.applies() and not jax.config.read("jax_cpu_enable_async_dispatch"))
 
 
 def interleaved(runners: dict[str, Callable[[], None]], steps: int, repeats: int) -> dict[str, list[float]]:
@@ -311,5 +312,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    malloc_tunables.reexec_with_tunables()   # as train.py: restarts with glibc tunables if DATE_JAX_MALLOC_TUNABLES=1
+    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
     main()

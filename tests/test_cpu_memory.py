@@ -1,0 +1,65 @@
+"""With the heap retained, repeated calls of a jitted function with large temporaries reuse their pages; without it
+(DATE_JAX_RETAIN_HEAP=0) every call faults them in again. GPU/TPU hosts are left alone."""
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from date_jax import cpu_memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Calls a jitted function whose eight 16 MB intermediates XLA keeps as temporaries (128 MB, 32,768 pages of 4 KiB)
+# four times and prints whether the heap was retained and the minor page faults of the last call.
+PROBE = """
+import resource, sys
+sys.path.insert(0, {root!r})
+from date_jax import cpu_memory
+retained = cpu_memory.retain_freed_memory()
+import jax, jax.numpy as jnp
+
+@jax.jit
+def spread(x):
+    parts = [jnp.sin(x * i) for i in range(1, 9)]
+    return sum(p.sum() for p in parts)
+
+x = jnp.ones((2048, 2048), jnp.float32)
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    spread(x).block_until_ready()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(retained, faults, jax.config.read("jax_cpu_enable_async_dispatch"), flush=True)
+"""
+
+
+def _probe(**env_overrides):
+    env = {k: v for k, v in os.environ.items() if k != "DATE_JAX_RETAIN_HEAP"}
+    env.update({"JAX_PLATFORMS": "cpu", **env_overrides})
+    result = subprocess.run([sys.executable, "-c", PROBE.format(root=ROOT)], env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    retained, faults, async_dispatch = result.stdout.split()
+    return retained == "True", int(faults), async_dispatch == "True"
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="needs Linux with glibc (mallopt's M_MMAP_MAX and M_TRIM_THRESHOLD)")
+def test_retained_heap_reuses_the_pages_of_large_temporaries():
+    retained, faults, async_dispatch = _probe()
+    assert retained and not async_dispatch
+    assert faults < 2000                    # 128 MB of temporaries would be 32,768 fresh pages
+
+    retained, faults, async_dispatch = _probe(DATE_JAX_RETAIN_HEAP="0")
+    assert not retained and async_dispatch  # opted out: JAX's defaults
+    assert faults > 25000                   # a fresh mmap per call: every page faults again
+
+
+def test_accelerator_hosts_are_left_alone(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not cpu_memory.accelerator_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    assert cpu_memory.accelerator_expected() and not cpu_memory.applies()
+    assert not cpu_memory.retain_freed_memory()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert cpu_memory.accelerator_expected()

@@ -145,3 +145,25 @@ def test_decode_gives_rgb_like_pillow_and_reports_stored_channels(mode, fmt, sto
     expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), np.float64)
     assert int(channels) == stored and image.shape == expected.shape
     assert np.abs(image - expected).mean() < 2.0
+
+
+def _orientation_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6      # orientation: rotate 90
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("mode,fmt,options", [
+    ("RGB", "JPEG", dict(progressive=True)), ("L", "JPEG", dict(progressive=True)), ("CMYK", "JPEG", dict(dpi=(72, 72))),
+    ("RGB", "JPEG", dict(exif=_orientation_exif())), ("I;16", "PNG", {}), ("1", "PNG", {}),
+    ("RGB", "BMP", {}), ("RGBA", "TIFF", {})])
+def test_stored_channels_from_headers_match_pillows_bands(mode, fmt, options):
+    """Frame/IHDR header parsing (progressive and EXIF-carrying JPEGs, 16-bit and 1-bit PNGs) and the Pillow fallback
+    (BMP, TIFF) agree with the bands Pillow reports."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (24, 40, 3), dtype=np.uint8)).convert(mode).save(
+        buffer, fmt, **options)
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        bands = len(image.getbands())
+    assert batching.stored_channels(buffer.getvalue()) == bands
+    assert batching.stored_channels(buffer.getvalue()[:6]) == 3     # a truncated stream: OpenCV's 3 channels

@@ -173,3 +173,34 @@ def test_group_into_batches_against_reference():
     position = np.argsort(order)
     completed = [position[idx].max() for _, idx in batches]
     assert completed == sorted(completed)
+
+
+@pytest.mark.parametrize("flip,resize_hw,crop,out_hw", [
+    (False, (150, 200), (0, 0, 150, 200), (150, 200)),      # resize only
+    (True, (120, 160), (0, 0, 120, 160), (120, 160)),       # flip, no resize
+    (True, (180, 240), (30, 20, 120, 200), (96, 213)),      # flip, resize, crop, resize
+])
+def test_transform_image_pads_in_place_like_resize_then_pad(flip, resize_hw, crop, out_hw):
+    """The bucket-padded output, allocated or written into a given array, equals OpenCV's flip/resize/crop/resize
+    followed by zero padding."""
+    import cv2
+
+    image = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    expected = cv2.flip(image, 1) if flip else image
+    if expected.shape[:2] != resize_hw:
+        expected = cv2.resize(expected, resize_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    y0, x0, ch, cw = crop
+    expected = np.ascontiguousarray(expected[y0:y0 + ch, x0:x0 + cw])
+    if expected.shape[:2] != out_hw:
+        expected = cv2.resize(expected, out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    padded = np.zeros((256, 320, 3), np.uint8)
+    padded[:out_hw[0], :out_hw[1]] = expected
+    np.full(256 * 320 * 3 + 64, 255, np.uint8).sum()       # leave non-zero bytes where the canvas may be allocated
+    out = transforms.transform_image(image, flip, np.array(resize_hw), np.array(crop), np.array(out_hw),
+                                     np.array([256, 320]))
+    np.testing.assert_array_equal(out, padded)
+    given = np.full((2, 256, 320, 3), 255, np.uint8)
+    returned = transforms.transform_image(image, flip, np.array(resize_hw), np.array(crop), np.array(out_hw),
+                                          out=given[1])
+    np.testing.assert_array_equal(given[1], padded)
+    assert np.shares_memory(returned, given) and (given[0] == 255).all()

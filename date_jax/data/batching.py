@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from typing import TYPE_CHECKING, Iterator
 
 import ml_collections
@@ -77,10 +78,41 @@ def planned_elements(records: coco.Annotations, plan: transforms.TransformPlan, 
         boxes=boxes, labels=labels_out, box_mask=box_mask)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}          # IHDR colour type -> channels (palette decodes to RGB)
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # SOF0-SOF15 (not DHT, JPG, DAC)
+
+
+def _jpeg_components(data: bytes) -> int | None:
+    """Components of a JPEG's frame header (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK), walking the marker segments; None if
+    the stream ends first."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:            # fill byte
+            i += 1
+        elif marker in JPEG_FRAME_MARKERS:
+            return data[i + 9]
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:   # TEM, RSTn: no length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def stored_channels(data: bytes) -> int:
-    """Channels an encoded image stores (1 gray, 2 gray + alpha, 3 RGB or palette, 4 RGBA or CMYK), from its header."""
+    """Channels an encoded image stores (1 gray, 2 gray + alpha, 3 RGB or palette, 4 RGBA or CMYK): read from the
+    JPEG frame or PNG header, else by Pillow."""
     from PIL import Image
 
+    if data[:2] == b"\xff\xd8":
+        components = _jpeg_components(data)
+        if components is not None:
+            return components
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and data[25] in PNG_CHANNELS:
+        return PNG_CHANNELS[data[25]]
     try:
         with Image.open(io.BytesIO(data)) as image:
             return 3 if image.mode == "P" else len(image.getbands())
@@ -100,17 +132,47 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 def load_pixels(data: bytes, flip: bool, resize_hw: np.ndarray, crop: np.ndarray, out_hw: np.ndarray,
-                bucket_hw: np.ndarray) -> np.ndarray:
-    """Encoded image -> uint8 [H,W,3] transformed and zero-padded to bucket_hw; b'' (a padding slot) -> zeros."""
+                out: np.ndarray) -> None:
+    """Encoded image -> transformed and zero-padded into `out` uint8 [H,W,3]; b'' (a padding slot) -> zeros."""
     if not data:
-        return np.zeros((int(bucket_hw[0]), int(bucket_hw[1]), 3), np.uint8)
-    return transforms.transform_image(decode_rgb(data), bool(flip), resize_hw, crop, out_hw, bucket_hw)
+        out[...] = 0
+        return
+    transforms.transform_image(decode_rgb(data), bool(flip), resize_hw, crop, out_hw, out=out)
 
 
-def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarray],
-                records: coco.Annotations) -> "tf.data.Dataset":
-    """tf.data over the rows of `elements` -> {row, image uint8 [H,W,3], channels}: each row read, decoded,
-    transformed and padded by one numpy function, in parallel and in order; rows that fail are dropped."""
+class ImageSink:
+    """The image arrays of the planned batches, made on first use: tf.data's workers decode straight into their
+    slots, so images never pass through TensorFlow tensors or a stacking copy."""
+
+    def __init__(self, elements: dict[str, np.ndarray]):
+        self.elements = elements
+        self.batch_size = int(np.max(elements["slot"], initial=0)) + 1
+        self._arrays: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _array(self, bucket_hw: tuple[int, int]) -> np.ndarray:
+        return np.empty((self.batch_size, *bucket_hw, 3), np.uint8)
+
+    def slot(self, row: int) -> np.ndarray:
+        """uint8 [H, W, 3]: `row`'s slot in the image array of its batch."""
+        serial = int(self.elements["serial"][row])
+        with self._lock:
+            images = self._arrays.get(serial)
+            if images is None:
+                images = self._arrays[serial] = self._array(tuple(self.elements["bucket_hw"][row]))
+        return images[int(self.elements["slot"][row])]
+
+    def take(self, serial: int, bucket_hw: tuple[int, int]) -> np.ndarray:
+        """uint8 [batch, H, W, 3] of `serial` (uninitialised where no row wrote), handed over and forgotten here."""
+        with self._lock:
+            images = self._arrays.pop(serial, None)
+        return self._array(bucket_hw) if images is None else images
+
+
+def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarray], records: coco.Annotations,
+                sink: ImageSink) -> "tf.data.Dataset":
+    """tf.data over the rows of `elements` -> {row, channels}: each row read, decoded, transformed and padded into
+    its slot of `sink` by one numpy function, in parallel and in order; rows that fail are dropped."""
     import cv2
     import tensorflow as tf
 
@@ -121,7 +183,7 @@ def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarra
     cv2.setNumThreads(1)   # tf.data runs images in parallel; OpenCV's own threads would only contend with it
     read_encoded = records.read_encoded
 
-    def load_row(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def load_row(row: np.ndarray) -> np.ndarray:
         row = int(row)
         if not elements["example_mask"][row]:
             data = b""
@@ -130,22 +192,21 @@ def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarra
         else:
             with open(elements["path"][row], "rb") as f:
                 data = f.read()
-        image = load_pixels(data, elements["flip"][row], elements["resize_hw"][row], elements["crop"][row],
-                            elements["out_hw"][row], elements["bucket_hw"][row])
-        return image, np.int32(stored_channels(data) if data else 3)
+        load_pixels(data, elements["flip"][row], elements["resize_hw"][row], elements["crop"][row],
+                    elements["out_hw"][row], sink.slot(row))
+        return np.int32(stored_channels(data) if data else 3)
 
     def load(row):
-        image, channels = tf.numpy_function(load_row, [row], [tf.uint8, tf.int32], stateful=False)
-        return dict(row=row, image=tf.ensure_shape(image, [None, None, 3]), channels=channels)
+        channels = tf.numpy_function(load_row, [row], tf.int32, stateful=False)
+        return dict(row=row, channels=channels)
 
-    local_batch = int(np.max(elements["slot"], initial=0)) + 1
     ds = tf.data.Dataset.range(len(elements["slot"]))
     workers = config.data.num_parallel_calls
     if workers < 0:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ds = ds.map(load, num_parallel_calls=workers, deterministic=True)
     ds = ds.ignore_errors()
-    ds = ds.prefetch(max(1, config.data.prefetch) * local_batch)
+    ds = ds.prefetch(max(1, config.data.prefetch) * sink.batch_size)
     options = tf.data.Options()
     options.deterministic = True
     # No autotuning: deleting an autotuned iterator waits for its optimiser thread, up to ~17 s at every epoch end.
@@ -154,23 +215,23 @@ def tf_elements(config: ml_collections.ConfigDict, elements: dict[str, np.ndarra
 
 
 def _blank_example(bucket: tuple[int, int], max_boxes: int) -> dict[str, np.ndarray]:
-    """A padding example (example_mask False) of the bucket's shape."""
-    return dict(image=np.zeros((*bucket, 3), np.uint8), boxes=np.zeros((max_boxes, 4), np.float32),
-                labels=np.zeros(max_boxes, np.int32), box_mask=np.zeros(max_boxes, bool),
-                image_shape=np.array(bucket, np.int32), image_id=np.int64(-1), scale=np.ones(2, np.float32),
-                example_mask=np.bool_(False))
+    """The fields of a padding example (example_mask False) of the bucket's shape, but its (zero) image."""
+    return dict(boxes=np.zeros((max_boxes, 4), np.float32), labels=np.zeros(max_boxes, np.int32),
+                box_mask=np.zeros(max_boxes, bool), image_shape=np.array(bucket, np.int32), image_id=np.int64(-1),
+                scale=np.ones(2, np.float32), example_mask=np.bool_(False))
 
 
 class Assembler:
     """Groups decoded rows by batch serial and refills the slots of images that tf.data dropped."""
 
     def __init__(self, records: coco.Annotations, issues: DataIssues, elements: dict[str, np.ndarray],
-                 max_boxes: int, copy_valid_slot: bool):
-        self.records, self.issues, self.elements, self.max_boxes = records, issues, elements, max_boxes
+                 sink: ImageSink, max_boxes: int, copy_valid_slot: bool):
+        self.records, self.issues, self.elements, self.sink = records, issues, elements, sink
+        self.max_boxes = max_boxes
         self.copy_valid_slot = copy_valid_slot      # training: refill with a readable image of the same batch
 
     def _finish(self, planned: Planned, slots: dict[int, dict]) -> Batch:
-        _, bucket, indices = planned
+        serial, bucket, indices = planned
         for slot, index in enumerate(indices):
             if slot in slots:
                 if int(slots[slot]["channels"]) != 3:
@@ -178,19 +239,23 @@ class Assembler:
             elif index >= 0:
                 self.issues.add("unreadable_image", self.records.file_paths[index] or
                                 f"image id {int(self.records.image_ids[index])}")
-        valid = [slots[s] for s in sorted(slots) if self.elements["example_mask"][slots[s]["row"]]]
-        chosen = []
+        images = self.sink.take(serial, bucket)[:len(indices)]
+        valid = [s for s in sorted(slots) if self.elements["example_mask"][slots[s]["row"]]]
+        rows = []
         for slot in range(len(indices)):
             if slot in slots:
-                chosen.append(slots[slot])
+                rows.append(slots[slot]["row"])
             elif self.copy_valid_slot and valid:
-                chosen.append(valid[slot % len(valid)])
+                source = valid[slot % len(valid)]
+                images[slot] = images[source]
+                rows.append(slots[source]["row"])
             else:
-                chosen.append(None)
+                images[slot] = 0
+                rows.append(None)
         blank = _blank_example(bucket, self.max_boxes)
-        batch = {"image": np.stack([blank["image"] if e is None else e["image"] for e in chosen])}
+        batch = {"image": images}
         for key in BATCH_KEYS[1:]:
-            batch[key] = np.stack([blank[key] if e is None else self.elements[key][e["row"]] for e in chosen])
+            batch[key] = np.stack([blank[key] if row is None else self.elements[key][row] for row in rows])
         return batch
 
     def batches(self, planned: list[Planned], ds) -> Iterator[Batch]:
@@ -211,9 +276,10 @@ class Assembler:
 
 def batches_of(config: ml_collections.ConfigDict, records: coco.Annotations, issues: DataIssues,
                plan: transforms.TransformPlan, planned: list[Planned], copy_valid_slot: bool) -> Iterator[Batch]:
-    """The batches of `planned` (decoded through tf.data and assembled), in order."""
+    """The batches of `planned` (decoded through tf.data into their image arrays and assembled), in order."""
     if not planned:
         return
     elements = planned_elements(records, plan, planned, config.data.max_boxes, issues)
-    assembler = Assembler(records, issues, elements, config.data.max_boxes, copy_valid_slot)
-    yield from assembler.batches(planned, tf_elements(config, elements, records))
+    sink = ImageSink(elements)
+    assembler = Assembler(records, issues, elements, sink, config.data.max_boxes, copy_valid_slot)
+    yield from assembler.batches(planned, tf_elements(config, elements, records, sink))

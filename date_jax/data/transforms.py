@@ -142,20 +142,29 @@ def transform_boxes(boxes: np.ndarray, owner: np.ndarray, heights: np.ndarray, w
 
 
 def transform_image(image: np.ndarray, flip: bool, resize_hw: np.ndarray, crop: np.ndarray, out_hw: np.ndarray,
-                    bucket_hw: np.ndarray | None = None) -> np.ndarray:
+                    bucket_hw: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [h,w,3] through flip / resize to resize_hw / crop (y0, x0, h, w) / resize to out_hw -> uint8 [oh,ow,3],
-    zero-padded at the bottom and right to bucket_hw [H, W] when given."""
+    zero-padded at the bottom and right to bucket_hw [H, W] or to the shape of `out`, which receives the result when
+    given (the last resize writes straight into it)."""
     import cv2
 
     (rh, rw), (y0, x0, ch, cw), (oh, ow) = (tuple(int(v) for v in a) for a in (resize_hw, crop, out_hw))
+    if out is None:
+        bh, bw = (oh, ow) if bucket_hw is None else (int(v) for v in bucket_hw)
+        out = np.empty((bh, bw, 3), np.uint8)
+    out[oh:] = 0
+    out[:oh, ow:] = 0
+    target = out[:oh, :ow]
     if flip:
         image = cv2.flip(image, 1)
-    if image.shape[:2] != (rh, rw):
-        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
     if (y0, x0, ch, cw) != (0, 0, rh, rw) or (oh, ow) != (rh, rw):
-        window = np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw])
-        image = cv2.resize(window, (ow, oh), interpolation=cv2.INTER_LINEAR)
-    if bucket_hw is None:
-        return image
-    bh, bw = (int(v) for v in bucket_hw)
-    return cv2.copyMakeBorder(image, 0, bh - oh, 0, bw - ow, cv2.BORDER_CONSTANT, value=0)
+        if image.shape[:2] != (rh, rw):
+            image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        image, (rh, rw) = np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw]), (oh, ow)
+    if image.shape[:2] == (rh, rw):
+        target[...] = image
+    else:
+        resized = cv2.resize(image, (ow, oh), dst=target, interpolation=cv2.INTER_LINEAR)
+        if not np.may_share_memory(resized, out):    # an OpenCV that allocated instead of writing into `target`
+            target[...] = resized
+    return out

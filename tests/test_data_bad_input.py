@@ -101,6 +101,9 @@ def test_training_survives_corrupt_gray_and_rgba_images(bad_set, caplog):
         assert batch["image"].shape == (5, SIZE, SIZE, 3) and batch["example_mask"].all()
         ids = batch["image_id"].tolist()
         assert 4 not in ids or ids.count(4) > 1            # the corrupt slot was refilled with a readable image
+        for i, j in itertools.combinations(range(len(ids)), 2):
+            if ids[i] == ids[j]:                            # ... a copy of its pixels, not leftover memory
+                np.testing.assert_array_equal(batch["image"][i], batch["image"][j])
         slot = ids.index(2)                                 # grayscale: three equal channels, close to the source
         image = batch["image"][slot].astype(int)
         assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
@@ -120,6 +123,8 @@ def test_evaluation_pads_unreadable_images_and_missing_files_at_run_time(bad_set
     assert issues.counts["unreadable_image"] == 2           # corrupt.jpg and missing.jpg
     valid = np.concatenate([b["image_id"][b["example_mask"]] for b in batches])
     assert sorted(valid.tolist()) == [1, 2, 3, 6, 7]
+    padding = np.concatenate([b["image"][~b["example_mask"]] for b in batches])
+    assert len(padding) >= 2 and not padding.any()          # unreadable and padding slots hold zeros
 
 
 def test_missing_paths_name_the_path_and_the_layout(tmp_path):

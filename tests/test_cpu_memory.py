@@ -63,3 +63,28 @@ def test_accelerator_hosts_are_left_alone(monkeypatch):
     assert not cpu_memory.retain_freed_memory()
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
     assert cpu_memory.accelerator_expected()
+
+
+SHARDED = """
+import sys
+sys.path.insert(0, {root!r})
+from date_jax import cpu_memory
+assert cpu_memory.retain_freed_memory()
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, P("data")))
+total = jax.jit(lambda x: x.sum(0), out_shardings=NamedSharding(mesh, P()))(x)
+print(jax.device_count(), *np.asarray(total).astype(int))
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="needs Linux with glibc")
+def test_synchronous_dispatch_still_runs_cross_device_reductions():
+    """Four CPU devices reduce a sharded array together (a collective that needs all of them running at once)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env.pop("DATE_JAX_RETAIN_HEAP", None)
+    result = subprocess.run([sys.executable, "-c", SHARDED.format(root=ROOT)], env=env, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["4", "112", "120", "128", "136"]   # column sums of arange(32).reshape(8, 4)

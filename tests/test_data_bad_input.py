@@ -159,7 +159,8 @@ def _orientation_exif() -> bytes:
 
 
 @pytest.mark.parametrize("mode,fmt,options", [
-    ("RGB", "JPEG", dict(progressive=True)), ("L", "JPEG", dict(progressive=True)), ("CMYK", "JPEG", dict(dpi=(72, 72))),
+    ("RGB", "JPEG", dict(progressive=True)), ("L", "JPEG", dict(progressive=True)),
+    ("CMYK", "JPEG", dict(dpi=(72, 72))),
     ("RGB", "JPEG", dict(exif=_orientation_exif())), ("I;16", "PNG", {}), ("1", "PNG", {}),
     ("RGB", "BMP", {}), ("RGBA", "TIFF", {})])
 def test_stored_channels_from_headers_match_pillows_bands(mode, fmt, options):

@@ -2,10 +2,10 @@
 
 A list of planned batches (serial, bucket, image indices; index -1 = evaluation padding) becomes numpy arrays, one
 row per example, with the boxes already transformed and padded in numpy. tf.data runs one numpy function per row in
-parallel and in a deterministic order: read, decode (OpenCV), transform and pad. A row whose image cannot be read or
-decoded is dropped there, and the assembler refills its slot (a copy of a readable image of the same batch in
-training, a padding example in evaluation), so a run never stops on one image and every process yields one batch per
-planned serial.
+parallel and in a deterministic order: read, decode (OpenCV), transform and pad, writing the pixels straight into the
+row's slot of its batch's image array (`ImageSink`). A row whose image cannot be read or decoded is dropped there, and
+the assembler refills its slot (a copy of a readable image of the same batch in training, zeros and a padding example
+in evaluation), so a run never stops on one image and every process yields one batch per planned serial.
 """
 from __future__ import annotations
 

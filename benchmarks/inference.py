@@ -24,7 +24,6 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from date_jax import compiler_options  # noqa: E402
 from date_jax import cpu_memory  # noqa: E402
 from date_jax.evaluation import decode  # noqa: E402
 from date_jax.models import detector  # noqa: E402
@@ -39,16 +38,11 @@ def build_date_predict(variant: str, image_hw: tuple[int, int], batch: int, dtyp
     model = detector.build_model(config)
     variables = detector.init_variables(model, jax.random.PRNGKey(0), image_hw)
 
-    def predict(variables, images, image_shape):
-        outputs = model.apply(variables, images)
-        return decode.decode_outputs(outputs, image_shape, image_hw=image_hw, config=config)
-
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (batch, *image_hw, 3), dtype=np.uint8))
     image_shape = jax.device_put(np.tile(np.array(image_hw, np.int32), (batch, 1)))
     start = time.perf_counter()
-    jitted = jax.jit(predict, compiler_options=compiler_options.for_backend())
-    compiled = jitted.lower(variables, images, image_shape).compile()
+    compiled = decode.make_predict_fn(config, model).lower(variables, images, image_shape).compile()
     compile_s = time.perf_counter() - start
 
     def run() -> None:

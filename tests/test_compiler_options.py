@@ -1,4 +1,5 @@
-"""CPU compiler options: convolutions leave YNNPACK for XLA's Eigen kernels in date-jax's executables, and only there."""
+"""CPU compiler options: convolutions leave YNNPACK for XLA's Eigen kernels in date-jax's executables, and only
+there."""
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -36,7 +37,7 @@ def test_no_options_for_accelerators_or_when_overridden(monkeypatch):
 def test_train_step_and_predict_are_jitted_with_the_options():
     """The executables the loop and the evaluator build carry the options: no YNNPACK fusion in their HLO, where
     the same predict jitted with XLA's defaults has some."""
-    from date_jax.evaluation import evaluator
+    from date_jax.evaluation import decode
     from date_jax.models import detector
     from date_jax.train import optimizer, sharding
     from date_jax.train import step as step_lib
@@ -46,7 +47,7 @@ def test_train_step_and_predict_are_jitted_with_the_options():
     model = detector.build_model(config)
     variables = jax.device_get(detector.init_variables(model, jax.random.PRNGKey(0), (SIZE, SIZE)))
     images, image_shape = jnp.zeros((1, SIZE, SIZE, 3), jnp.uint8), jnp.full((1, 2), SIZE, jnp.int32)
-    predict = evaluator.make_predict_fn(config, model)
+    predict = decode.make_predict_fn(config, model)
     predict_text = predict.lower(variables, images, image_shape).compile().as_text()
     default_text = jax.jit(predict.__wrapped__).lower(variables, images, image_shape).compile().as_text()
     assert "ynn_fusion" in default_text and "ynn_fusion" not in predict_text

@@ -12,14 +12,18 @@ host-side division by the resize scale (`rescale_boxes`).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from date_jax import boxes as box_ops
+from date_jax import compiler_options
 from date_jax import priors
+
+_PREDICT_CACHE: dict[tuple, Callable] = {}
 
 Array = jnp.ndarray
 Detections = dict[str, Array]
@@ -175,3 +179,15 @@ def rescale_boxes(boxes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     scale = np.asarray(scale, np.float32)
     factors = np.stack([scale[..., 1], scale[..., 0], scale[..., 1], scale[..., 0]], axis=-1)
     return np.asarray(boxes, np.float32) / factors[..., None, :]
+
+
+def make_predict_fn(config: ml_collections.ConfigDict, model: Any) -> Callable:
+    """The NMS-free predict that evaluation runs: jit(variables, images uint8 [B,H,W,3], image_shape [B,2]) -> decoded
+    detections (DESIGN §4), one executable per model and model/test config."""
+    key = (id(model), config.model.to_json(), config.test.to_json(), config.dtype)
+    if key not in _PREDICT_CACHE:
+        def predict(variables: Any, images: jax.Array, image_shape: jax.Array) -> dict[str, jax.Array]:
+            outputs = model.apply(variables, images, image_shape)
+            return decode_outputs(outputs, image_shape, image_hw=images.shape[1:3], config=config)
+        _PREDICT_CACHE[key] = jax.jit(predict, compiler_options=compiler_options.for_backend())
+    return _PREDICT_CACHE[key]

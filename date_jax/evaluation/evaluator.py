@@ -22,7 +22,6 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from date_jax import compiler_options
 from date_jax.data import pipeline
 from date_jax.evaluation import coco_metrics, crowdhuman_metrics, decode, draw
 from date_jax.models import detector
@@ -32,7 +31,6 @@ EVAL_SUBDIR = "eval"
 METRICS = {"coco": coco_metrics.METRIC_NAMES, "crowdhuman": crowdhuman_metrics.METRIC_NAMES}
 SUMMARY_SCORE_THR = 0.3            # predicted boxes drawn on summary images
 PredictFn = Callable[[Any, np.ndarray, np.ndarray], dict[str, np.ndarray]]
-_PREDICT_CACHE: dict[tuple, Callable] = {}
 
 
 def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -56,17 +54,6 @@ def host_variables(variables: Any) -> Any:
     return jax.tree.map(fetch, variables)
 
 
-def make_predict_fn(config: ml_collections.ConfigDict, model: Any) -> Callable:
-    """jit(variables, images uint8 [B,H,W,3], image_shape [B,2]) -> decoded detections (DESIGN §4, decode.py)."""
-    key = (id(model), config.model.to_json(), config.test.to_json(), config.dtype)
-    if key not in _PREDICT_CACHE:
-        def predict(variables: Any, images: jax.Array, image_shape: jax.Array) -> dict[str, jax.Array]:
-            outputs = model.apply(variables, images, image_shape)
-            return decode.decode_outputs(outputs, image_shape, image_hw=images.shape[1:3], config=config)
-        _PREDICT_CACHE[key] = jax.jit(predict, compiler_options=compiler_options.for_backend())
-    return _PREDICT_CACHE[key]
-
-
 def local_predictor(config: ml_collections.ConfigDict, model: Any, variables: Any) -> PredictFn:
     """A host-level function (images [B,H,W,3], image_shape [B,2]) -> numpy detections, data-parallel on local devices.
 
@@ -76,7 +63,7 @@ def local_predictor(config: ml_collections.ConfigDict, model: Any, variables: An
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P("data"))
     device_variables = jax.device_put(host_variables(variables), replicated)
-    predict = make_predict_fn(config, model)
+    predict = decode.make_predict_fn(config, model)
     num_devices = mesh.devices.size
 
     def run(images: np.ndarray, image_shape: np.ndarray) -> dict[str, np.ndarray]:

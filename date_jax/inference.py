@@ -5,8 +5,8 @@
     result["boxes"], result["scores"], result["labels"], result["names"]
 
 Images go through the evaluation pipeline's test transform (keep-ratio resize to `data.test_short_size` /
-`data.max_size`, padding to a multiple of `data.bucket_divisor`), the jitted network + decoding, and the boxes come back
-in pixels of the original image.
+`data.max_size`, padding to a multiple of `data.bucket_divisor`), the jitted network + decoding (`Predictor`), and the
+boxes come back in pixels of the original image.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from date_jax import checkpoints, decode, draw
 from date_jax.data import buckets, transforms
-from date_jax.evaluation import decode, draw, evaluator
 from date_jax.models import detector
-from date_jax.train import checkpoints
+from date_jax.predictor import Predictor
 
 
 def _category_names(config: Any) -> list[str]:
@@ -38,17 +38,17 @@ class Detector:
     def __init__(self, config: Any, variables: Any, category_names: Sequence[str] | None = None):
         """`config`: the full ConfigDict; `variables`: {'params', 'batch_stats'} for the model it builds."""
         self.config = config
-        self.model = detector.build_model(config)
         self.variables = variables
         self.category_names = list(category_names) if category_names else _category_names(config)
         self._scales = transforms.scales_from_config(config.data)
-        self._predict = evaluator.local_predictor(config, self.model, variables)
+        self._predictor = Predictor(config).load(variables)
+        self.model = self._predictor.model
 
     @classmethod
     def from_workdir(cls, workdir: str, step: int | None = None, config: Any = None) -> "Detector":
         """Load checkpoint `step` (None: latest) of `workdir` with its saved config (or `config`)."""
         config = config if config is not None else checkpoints.load_config(workdir)
-        _, variables = evaluator.restore_for_config(config, detector.build_model(config), workdir, step)
+        _, variables = checkpoints.restore_variables(workdir, step, detector.abstract_variables(config))
         return cls(config, variables)
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,7 +71,7 @@ class Detector:
         results = []
         for image in images:
             padded, image_shape, scale = self._prepare(image)
-            dets = self._predict(padded, image_shape)
+            dets = self._predictor(padded, image_shape)
             keep = dets["valid"][0]
             boxes = decode.rescale_boxes(dets["boxes"][:1], scale)[0][keep]
             labels = dets["labels"][0][keep]

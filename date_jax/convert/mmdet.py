@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
+
+from date_jax.models import detector
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -130,14 +131,6 @@ def match_state_dict(state_dict: Mapping[str, np.ndarray], template: PyTree) -> 
     return found, report
 
 
-def variable_shapes(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
-    """{'params', 'batch_stats'} of ShapeDtypeStructs for the model `config` builds (nothing is computed)."""
-    from date_jax.models import detector
-    model = detector.build_model(config)
-    size = 2 * max(config.model.strides)
-    return jax.eval_shape(lambda rng: detector.init_variables(model, rng, (size, size)), jax.random.PRNGKey(0))
-
-
 def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], config: ml_collections.ConfigDict,
                             strict: bool = True) -> dict[str, PyTree]:
     """mmdet DATE state_dict (SPEC §10) -> {'params', 'batch_stats'} numpy trees of the model `config` builds.
@@ -145,7 +138,7 @@ def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], config: ml_col
     Raises `ConversionError` listing every shape mismatch; with `strict` also every missing and unused key. With
     `strict=False` the missing variables are absent from the result (callers fill them) and the report is logged.
     """
-    found, report = match_state_dict(state_dict, variable_shapes(config))
+    found, report = match_state_dict(state_dict, detector.abstract_variables(config))
     if report.mismatched or (strict and not report.complete):
         raise ConversionError(
             f"The checkpoint does not fit the model of this config (model.num_classes={config.model.num_classes}, "

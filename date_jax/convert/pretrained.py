@@ -26,6 +26,11 @@ def _merge(variables: dict[str, PyTree], found: dict[tuple[str, ...], Any]) -> d
     return traverse_util.unflatten_dict(flat)
 
 
+def merge_variables(variables: dict[str, PyTree], loaded: dict[str, PyTree]) -> dict[str, PyTree]:
+    """`variables` with every leaf that the (partial) tree `loaded` holds replaced by its value."""
+    return _merge(variables, traverse_util.flatten_dict(loaded))
+
+
 def _describe(config: ml_collections.ConfigDict) -> str:
     """The config values that decide the variable shapes, for error messages."""
     m = config.model

@@ -31,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
+from jax import lax
 
 from date_jax import priors
 from date_jax.models.fpn import FPN
 from date_jax.models.head import DATEHead
+from date_jax.models.layers import ConvOp
 from date_jax.models.resnet import STYLES, ResNet
 
 Array = jax.Array
@@ -82,8 +84,9 @@ class DATE(nn.Module):
         return self.bbox_head(self.neck(self.backbone(x.astype(self.dtype))))
 
 
-def build_model(config: ml_collections.ConfigDict) -> DATE:
-    """The DATE network described by `config.model`, computing in `config.dtype` (params float32)."""
+def build_model(config: ml_collections.ConfigDict, conv_op: ConvOp = lax.conv_general_dilated) -> DATE:
+    """The DATE network described by `config.model`, computing in `config.dtype` (params float32), its convolutions
+    computed by `conv_op` (a drop-in for `lax.conv_general_dilated`)."""
     model = config.model
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype={config.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
@@ -92,15 +95,16 @@ def build_model(config: ml_collections.ConfigDict) -> DATE:
                          f"{STYLES}.")
     dtype = DTYPES[config.dtype]
     backbone = ResNet(model.backbone.depth, model.backbone.style, model.backbone.base_width,
-                      tuple(model.backbone.stage_blocks), dtype)
-    neck = FPN(model.neck.out_channels, dtype)
+                      tuple(model.backbone.stage_blocks), dtype, conv_op)
+    neck = FPN(model.neck.out_channels, dtype, conv_op)
     anchors = model.anchors
     head = DATEHead(
         num_classes=model.num_classes, strides=tuple(model.strides), feat_channels=model.head.feat_channels,
         stacked_convs=model.head.stacked_convs, num_groups=model.head.num_groups, prior_prob=model.head.prior_prob,
         o2o=model.o2o, o2m=model.o2m,
         num_anchors=priors.num_anchors_per_point(anchors.scales_per_octave, tuple(anchors.ratios)),
-        max_filter_kernel=model.max_filter.kernel_size, max_filter_levels=model.max_filter.num_levels, dtype=dtype)
+        max_filter_kernel=model.max_filter.kernel_size, max_filter_levels=model.max_filter.num_levels, dtype=dtype,
+        conv_op=conv_op)
     return DATE(backbone, neck, head, model.backbone.style, dtype)
 
 
@@ -113,6 +117,13 @@ def init_variables(model: nn.Module, rng: Array, image_hw: Sequence[int]) -> dic
     images = jnp.zeros((1, int(image_hw[0]), int(image_hw[1]), 3), jnp.uint8)
     variables = jax.jit(model.init)(_rbg_key(rng), images)
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def abstract_variables(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+    """{'params', 'batch_stats'} of ShapeDtypeStructs of the model `config` builds (nothing is computed)."""
+    model = build_model(config)
+    size = 2 * max(config.model.strides)
+    return jax.eval_shape(lambda rng: init_variables(model, rng, (size, size)), jax.random.PRNGKey(0))
 
 
 def _rbg_key(rng: Array) -> Array:

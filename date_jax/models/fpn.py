@@ -6,48 +6,18 @@ P7 a 3x3/2 conv of ReLU(P6). Submodules: `lateral_convs_{0,1,2}/conv`, `fpn_conv
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from date_jax.models.resnet import torch_conv
+from date_jax.models.layers import ConvModule, ConvOp
 
 Array = jax.Array
 Dtype = Any
-
-GN_EPS = 1e-5
-xavier_uniform = nn.initializers.xavier_uniform()
-
-
-class ConvModule(nn.Module):
-    """mmcv ConvModule: `conv` (k x k, symmetric padding), optional GroupNorm `gn`, optional ReLU: [B,H,W,Cin] ->
-    [B,H/s,W/s,features]."""
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 1
-    use_bias: bool = True
-    num_groups: int = 0             # 0 -> no GroupNorm
-    activate: bool = False
-    kernel_init: Callable = xavier_uniform
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        x = torch_conv(self.features, self.kernel_size, self.stride, self.use_bias, self.kernel_init, self.dtype,
-                       name="conv")(x)
-        if self.num_groups:
-            x = group_norm(self.num_groups, self.dtype, name="gn")(x)
-        return nn.relu(x) if self.activate else x
-
-
-def group_norm(num_groups: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
-    """PyTorch GroupNorm (eps 1e-5, affine, weight 1 / bias 0) over [B,H,W,C]; statistics in float32."""
-    return nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPS, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
 
 
 def resize_nearest(x: Array, out_hw: Sequence[int]) -> Array:
@@ -73,17 +43,20 @@ class FPN(nn.Module):
 
     out_channels: int = 256
     dtype: Dtype = jnp.float32
+    conv_op: ConvOp = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, features: Sequence[Array]) -> list[Array]:
+        def conv(kernel_size: int, stride: int, name: str) -> ConvModule:
+            return ConvModule(self.out_channels, kernel_size, stride, dtype=self.dtype, conv_op=self.conv_op,
+                              name=name)
+
         inputs = list(features)[1:]         # start_level = 1: C3, C4, C5
-        laterals = [ConvModule(self.out_channels, 1, dtype=self.dtype, name=f"lateral_convs_{i}")(c)
-                    for i, c in enumerate(inputs)]
+        laterals = [conv(1, 1, f"lateral_convs_{i}")(c) for i, c in enumerate(inputs)]
         for i in range(len(laterals) - 1, 0, -1):
             finer = laterals[i - 1]
             laterals[i - 1] = finer + resize_nearest(laterals[i], finer.shape[1:3])
-        outs = [ConvModule(self.out_channels, 3, dtype=self.dtype, name=f"fpn_convs_{i}")(lat)
-                for i, lat in enumerate(laterals)]
-        p6 = ConvModule(self.out_channels, 3, 2, dtype=self.dtype, name=f"fpn_convs_{len(outs)}")(outs[-1])
-        p7 = ConvModule(self.out_channels, 3, 2, dtype=self.dtype, name=f"fpn_convs_{len(outs) + 1}")(nn.relu(p6))
+        outs = [conv(3, 1, f"fpn_convs_{i}")(lat) for i, lat in enumerate(laterals)]
+        p6 = conv(3, 2, f"fpn_convs_{len(outs)}")(outs[-1])
+        p7 = conv(3, 2, f"fpn_convs_{len(outs) + 1}")(nn.relu(p6))
         return outs + [p6, p7]

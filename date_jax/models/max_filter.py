@@ -13,15 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from date_jax.models.fpn import group_norm
-from date_jax.models.resnet import torch_conv
+from date_jax.models.layers import ConvOp, group_norm, head_normal, torch_conv
 
 Array = jax.Array
 Dtype = Any
-
-head_normal = nn.initializers.normal(0.01)
-
 
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PyTorch align_corners=False taps (i0, i1, weight of i1), each [out]: src = max((i + 0.5) * in / out - 0.5, 0)."""
@@ -71,10 +68,11 @@ class MaxFilter3D(nn.Module):
     kernel_size: int = 3
     num_levels: int = 3
     dtype: Dtype = jnp.float32
+    conv_op: ConvOp = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, features: Sequence[Array]) -> list[Array]:
-        conv = torch_conv(self.channels, 3, 1, True, head_normal, self.dtype, name="conv")
+        conv = torch_conv(self.channels, 3, 1, True, head_normal, self.dtype, name="conv", conv_op=self.conv_op)
         norm = group_norm(self.num_groups, self.dtype, name="norm")
         filtered = max_filter_3d([conv(f) for f in features], self.kernel_size, self.num_levels)
         return [nn.relu(norm(m + f)) for m, f in zip(filtered, features)]

@@ -10,13 +10,14 @@ Submodule names mirror the mmdet state_dict: `conv1`, `bn1`, `layer{s}_{b}/conv{
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from date_jax.models import conv_grad
+from date_jax.models.layers import ConvOp, torch_conv
 
 Array = jax.Array
 Dtype = Any
@@ -25,21 +26,6 @@ BN_EPS = 1e-5
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK_DEPTHS = (50, 101)
 STYLES = ("caffe", "pytorch")
-
-# mmdet ResNet init: kaiming normal, fan_out, ReLU gain (untruncated).
-kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def torch_conv(features: int, kernel_size: int, stride: int = 1, use_bias: bool = False,
-               kernel_init: Callable = kaiming_fan_out, dtype: Dtype = jnp.float32, name: str | None = None,
-               bias_init: Callable = nn.initializers.zeros) -> nn.Conv:
-    """A PyTorch-style square conv: symmetric explicit padding kernel_size // 2, float32 params, `dtype` compute."""
-    pad = kernel_size // 2
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
-                   dtype=dtype, param_dtype=jnp.float32, name=name,
-                   conv_general_dilated=conv_grad.conv_general_dilated)
-
 
 def max_pool_3x3_s2(x: Array) -> Array:
     """PyTorch MaxPool2d(3, stride 2, padding 1): [B,H,W,C] -> [B,ceil(H/2),ceil(W/2),C], padding counts as -inf."""
@@ -71,15 +57,16 @@ class BasicBlock(nn.Module):
     stride: int = 1
     style: str = "caffe"
     dtype: Dtype = jnp.float32
+    conv_op: ConvOp = lax.conv_general_dilated
     expansion = 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        out = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+        out = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv1", conv_op=self.conv_op)(x)
         out = nn.relu(FrozenBatchNorm(self.dtype, name="bn1")(out))
-        out = torch_conv(self.planes, 3, 1, dtype=self.dtype, name="conv2")(out)
+        out = torch_conv(self.planes, 3, 1, dtype=self.dtype, name="conv2", conv_op=self.conv_op)(out)
         out = FrozenBatchNorm(self.dtype, name="bn2")(out)
-        return nn.relu(out + _shortcut(x, self.planes, self.stride, self.dtype))
+        return nn.relu(out + _shortcut(x, self.planes, self.stride, self.dtype, self.conv_op))
 
 
 class Bottleneck(nn.Module):
@@ -90,25 +77,26 @@ class Bottleneck(nn.Module):
     stride: int = 1
     style: str = "caffe"
     dtype: Dtype = jnp.float32
+    conv_op: ConvOp = lax.conv_general_dilated
     expansion = 4
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         stride1, stride2 = (self.stride, 1) if self.style == "caffe" else (1, self.stride)
-        out = torch_conv(self.planes, 1, stride1, dtype=self.dtype, name="conv1")(x)
+        out = torch_conv(self.planes, 1, stride1, dtype=self.dtype, name="conv1", conv_op=self.conv_op)(x)
         out = nn.relu(FrozenBatchNorm(self.dtype, name="bn1")(out))
-        out = torch_conv(self.planes, 3, stride2, dtype=self.dtype, name="conv2")(out)
+        out = torch_conv(self.planes, 3, stride2, dtype=self.dtype, name="conv2", conv_op=self.conv_op)(out)
         out = nn.relu(FrozenBatchNorm(self.dtype, name="bn2")(out))
-        out = torch_conv(self.planes * 4, 1, 1, dtype=self.dtype, name="conv3")(out)
+        out = torch_conv(self.planes * 4, 1, 1, dtype=self.dtype, name="conv3", conv_op=self.conv_op)(out)
         out = FrozenBatchNorm(self.dtype, name="bn3")(out)
-        return nn.relu(out + _shortcut(x, self.planes * 4, self.stride, self.dtype))
+        return nn.relu(out + _shortcut(x, self.planes * 4, self.stride, self.dtype, self.conv_op))
 
 
-def _shortcut(x: Array, features: int, stride: int, dtype: Dtype) -> Array:
+def _shortcut(x: Array, features: int, stride: int, dtype: Dtype, conv_op: ConvOp) -> Array:
     """Identity, or mmdet's `downsample` (1x1 conv with stride + BN) when channels or resolution change."""
     if x.shape[-1] == features and stride == 1:
         return x
-    x = torch_conv(features, 1, stride, dtype=dtype, name="downsample_0")(x)
+    x = torch_conv(features, 1, stride, dtype=dtype, name="downsample_0", conv_op=conv_op)(x)
     return FrozenBatchNorm(dtype, name="downsample_1")(x)
 
 
@@ -120,6 +108,7 @@ class ResNet(nn.Module):
     base_width: int = 64
     stage_blocks: Sequence[int] = ()
     dtype: Dtype = jnp.float32
+    conv_op: ConvOp = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: Array) -> list[Array]:
@@ -133,7 +122,7 @@ class ResNet(nn.Module):
             raise ValueError(f"config.model.backbone.stage_blocks={tuple(self.stage_blocks)} must hold 4 positive "
                              "block counts (or be empty for the standard counts).")
         block_cls = Bottleneck if self.depth in BOTTLENECK_DEPTHS else BasicBlock
-        x = torch_conv(self.base_width, 7, 2, dtype=self.dtype, name="conv1")(x)
+        x = torch_conv(self.base_width, 7, 2, dtype=self.dtype, name="conv1", conv_op=self.conv_op)(x)
         x = nn.relu(FrozenBatchNorm(self.dtype, name="bn1")(x))
         x = max_pool_3x3_s2(x)
         outputs = []
@@ -141,6 +130,6 @@ class ResNet(nn.Module):
             planes = self.base_width * 2 ** s
             for b in range(num_blocks):
                 stride = 2 if s > 0 and b == 0 else 1
-                x = block_cls(planes, stride, self.style, self.dtype, name=f"layer{s + 1}_{b}")(x)
+                x = block_cls(planes, stride, self.style, self.dtype, self.conv_op, name=f"layer{s + 1}_{b}")(x)
             outputs.append(x)
         return outputs

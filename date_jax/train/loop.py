@@ -1,51 +1,35 @@
-"""The training loop behind `train.py`: state, data, steps, summaries, checkpoints, preemption and evaluation."""
+"""The training loop behind `train.py`: data, steps, summaries, checkpoints, preemption and evaluation.
+
+Everything a run is built from comes from `train.setup.create_training`; evaluation uses the config's evaluators
+(`date_jax.evaluation.evaluators`) through one predictor: periodic evaluations are predicted on the devices in the
+loop and scored in a worker thread while training goes on, and every evaluation writes `eval/<step>/` as
+`evaluate.py` does.
+"""
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from concurrent import futures
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview
 
+from date_jax import checkpoints, sharding
 from date_jax import config as config_lib
-from date_jax.convert import pretrained
-from date_jax.data import pipeline, prefetch
-from date_jax.evaluation import evaluator
-from date_jax.models import detector
-from date_jax.train import checkpoints, optimizer, sharding
-from date_jax.train import step as step_lib
+from date_jax.data import pipeline, prefetch, synthetic
+from date_jax.evaluation import evaluators as evaluators_lib
+from date_jax.predictor import Predictor
+from date_jax.train import setup
+from date_jax.train.preemption import Preemption
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
-
-
-class _Preemption:
-    """Remembers a SIGTERM so the loop can checkpoint at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM received: saving a checkpoint at the end of the current step, then exiting.")
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        """True on every process once any process was asked to stop (synchronised across hosts)."""
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            return bool(multihost_utils.reached_preemption_sync_point(step))
-        return self.requested
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+    """The loss or a gradient became NaN or inf; the message names the step and the last good checkpoint."""
 
 
 def enable_compilation_cache(workdir: str) -> None:
@@ -55,17 +39,8 @@ def enable_compilation_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def fresh_variables(config: config_lib.ConfigDict, model: Any) -> dict[str, Any]:
-    """Initialised (and, when configured, pretrained) model variables as host numpy arrays."""
-    size = 2 * max(config.model.strides)
-    variables = jax.jit(lambda rng: detector.init_variables(model, rng, (size, size)))(
-        jax.random.PRNGKey(config.seed))
-    variables = jax.tree.map(np.asarray, jax.device_get(variables))
-    return pretrained.apply_init_from(config, variables)
-
-
 class _MetricWindow:
-    """Device metrics of the steps since the last report, timings, and the first non-finite loss."""
+    """Device metrics of the steps since the last report, timings, and the first non-finite step."""
 
     def __init__(self, first_step: int) -> None:
         self.pending: list[dict[str, jax.Array]] = []
@@ -74,7 +49,7 @@ class _MetricWindow:
         self.input_wait = 0.0
 
     def flush(self, last_good_checkpoint: int | None) -> tuple[dict[str, float], int, float]:
-        """Fetch the window -> (mean metrics, number of steps, seconds); raise on a non-finite loss."""
+        """Fetch the window -> (mean metrics, number of steps, seconds); raise on a non-finite step."""
         host = jax.device_get(self.pending)
         steps, seconds = len(host), time.perf_counter() - self.start
         for i, m in enumerate(host):
@@ -82,20 +57,12 @@ class _MetricWindow:
                 bad = self.first_step + i + 1
                 where = (f"step {last_good_checkpoint}" if last_good_checkpoint is not None else "none yet")
                 raise NonFiniteLossError(
-                    f"The loss became {float(m['loss'])} at step {bad} (terms: "
+                    f"The loss or its gradient became non-finite at step {bad} (loss {float(m['loss'])}, terms: "
                     f"{ {k: float(v) for k, v in m.items() if k not in ('finite',)} }). The last good checkpoint is "
                     f"{where}; lower optim.base_lr or check the data, then rerun the same command to resume.")
         means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"} if host else {}
         means["input_wait_share"] = self.input_wait / max(seconds, 1e-9)
         return means, steps, seconds
-
-
-def _summary_images(config: config_lib.ConfigDict, model: Any, variables: Any) -> dict[str, np.ndarray]:
-    """A few validation images with predicted (and true) boxes drawn, [K, H, W, 3] uint8."""
-    if config.num_summary_images <= 0 or jax.process_count() > 1:
-        return {}
-    images = evaluator.draw_predictions(config, model, variables, num_images=config.num_summary_images)
-    return {"val/predictions": images} if len(images) else {}
 
 
 def _append_jsonl(workdir: str, name: str, record: dict[str, float]) -> None:
@@ -105,46 +72,45 @@ def _append_jsonl(workdir: str, name: str, record: dict[str, float]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def _report_eval(step: int, seconds: float, metrics: dict[str, float], writer: metric_writers.MetricWriter,
-                 workdir: str) -> None:
-    """Log, write (TensorBoard, eval_metrics.jsonl) the metrics of the evaluation at `step`."""
-    logging.info("eval at step %d (%.1fs): %s", step, seconds, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-    _append_jsonl(workdir, "eval_metrics.jsonl", {"step": step, **metrics})
+class _Evaluation:
+    """The config's evaluators on the current variables: predicted in the loop, scored on process 0 in a worker
+    thread, reported (TensorBoard, eval_metrics.jsonl, eval/<step>/) from the loop's thread once done."""
 
-
-def evaluate(config: config_lib.ConfigDict, model: Any, state: step_lib.TrainState, step: int,
-             writer: metric_writers.MetricWriter, workdir: str) -> dict[str, float]:
-    """Run the evaluator on the current variables and write its metrics (process 0 writes)."""
-    t0 = time.perf_counter()
-    metrics, _ = evaluator.evaluate_variables(config, model, state.variables, num_images=config.num_eval_images)
-    _report_eval(step, time.perf_counter() - t0, metrics, writer, workdir)
-    writer.write_images(step, _summary_images(config, model, state.variables))
-    return metrics
-
-
-class _BackgroundEval:
-    """Periodic evaluations: predicted on the devices in the loop, scored on the host in a worker thread (process 0),
-    reported from the loop's thread once done, so training goes on while COCO metrics are computed."""
-
-    def __init__(self, writer: metric_writers.MetricWriter, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, model: Any, writer: metric_writers.MetricWriter,
+                 workdir: str):
         self.writer, self.workdir = writer, workdir
+        self.evaluators = evaluators_lib.from_config(config, pictures=jax.process_count() == 1)
+        self.names = evaluators_lib.metric_names(config)
+        self.predictor = Predictor(config, model)
         self.pool = futures.ThreadPoolExecutor(1, thread_name_prefix="date-jax-eval")
-        self.jobs: list[tuple[int, float, futures.Future]] = []
+        self.jobs: list[tuple[int, float, futures.Future | None]] = []
 
-    def start(self, config: config_lib.ConfigDict, model: Any, state: step_lib.TrainState, step: int) -> None:
+    def start(self, variables: Any, step: int) -> None:
+        """Predict on every process; queue the scoring (process 0)."""
         t0 = time.perf_counter()
-        rows = evaluator.predict_rows(config, model, state.variables, num_images=config.num_eval_images)
-        self.writer.write_images(step, _summary_images(config, model, state.variables))
+        self.predictor.load(variables)
+        predicted = [evaluator.predict(self.predictor) for evaluator in self.evaluators]
+        job = None
         if jax.process_index() == 0:
-            self.jobs.append((step, t0, self.pool.submit(evaluator.score_rows, config, rows)))
+            job = self.pool.submit(evaluators_lib.score_all, self.evaluators, predicted)
+        self.jobs.append((step, t0, job))
 
-    def report_finished(self, wait: bool = False) -> None:
-        """Write the metrics of finished evaluations, in step order (all of them when `wait`)."""
-        while self.jobs and (wait or self.jobs[0][2].done()):
+    def report_finished(self, wait: bool = False) -> dict[str, float]:
+        """Write the results of finished evaluations in step order (all of them when `wait`); the last metrics."""
+        metrics: dict[str, float] = {}
+        while self.jobs and (wait or self.jobs[0][2] is None or self.jobs[0][2].done()):
             step, t0, job = self.jobs.pop(0)
-            metrics, _ = job.result()
-            _report_eval(step, time.perf_counter() - t0, metrics, self.writer, self.workdir)
+            result = job.result() if job is not None else evaluators_lib.Result()
+            metrics = evaluators_lib.share_metrics(result.metrics, self.names) if wait else result.metrics
+            if jax.process_index() == 0:
+                evaluators_lib.write_results(self.workdir, step, result)
+                _append_jsonl(self.workdir, "eval_metrics.jsonl", {"step": step, **metrics})
+            logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
+                         " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            self.writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+            if result.pictures is not None:
+                self.writer.write_images(step, {"val/predictions": result.pictures})
+        return metrics
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -157,50 +123,49 @@ def _progress_line(step: int, num_steps: int, means: dict[str, float], images_pe
             f"| {images_per_s:.1f} img/s, input {100 * means['input_wait_share']:.0f}% | ETA {eta_s / 60:.1f} min")
 
 
-def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate; returns the final metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       preemption: Preemption | None = None) -> dict[str, float]:
+    """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate; returns the final metrics
+    ({} when a stop was requested: the state is checkpointed first)."""
+    preemption = preemption if preemption is not None else Preemption().install()
     mesh = sharding.make_mesh()
     sharding.log_layout(mesh)
     sharding.check_batch_divisible(config.data.batch_size, mesh)
     enable_compilation_cache(workdir)
     checkpoints.save_config(workdir, config)
+    if config.data.source == "synthetic":
+        synthetic.ensure_synthetic_dataset_from_config(config.data)
 
     num_train_images = config.data.num_train_images or pipeline.dataset_info(config, "train").num_images
     num_steps = config_lib.total_steps(config, num_train_images)
-    model = detector.build_model(config)
-    variables = fresh_variables(config, model)
-    tx = optimizer.make_optimizer(config, variables["params"], num_train_images)
-    schedule = optimizer.lr_schedule(config, num_train_images)
-    trainable = detector.trainable_mask(variables["params"], config)
+    run = setup.create_training(config, mesh, num_train_images)
     if jax.process_index() == 0:
-        parameter_overview.log_parameter_overview(variables["params"])
-    state = step_lib.replicated_state(variables, tx, mesh)
-    del variables
-
+        parameter_overview.log_parameter_overview(run.state.params)
     manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
-    restored = checkpoints.restore_state(manager, state)
+    restored = checkpoints.restore_state(manager, run.state)
+    state = restored if restored is not None else run.state
     if restored is not None:
-        state = restored
         logging.info("Resumed from %s at step %d.", manager.directory, int(state.step))
     first_step = int(state.step)
     last_saved = first_step if restored is not None else None
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    train_step = step_lib.make_train_step(model, tx, config, schedule, mesh, trainable)
     # assembled in a background thread, so the step never waits on the pipeline's Python work or epoch boundaries
     batches = prefetch.Background(pipeline.train_batches(config, start_step=first_step), max(1, config.data.prefetch))
-    preemption = _Preemption()
     logging.info("Training %d steps (%d images, global batch %d, %d per epoch) in %s.", num_steps, num_train_images,
                  config.data.batch_size, config_lib.steps_per_epoch(config, num_train_images), workdir)
 
-    periodic_eval = _BackgroundEval(writer, workdir)
+    evaluation = _Evaluation(config, run.model, writer, workdir)
     window = _MetricWindow(first_step)
     step = first_step
     try:
+        if jax.process_count() == 1 and preemption.requested:
+            logging.warning("Stop requested during start-up: nothing new to save; exiting.")
+            return {}
         while step < num_steps:
             t0 = time.perf_counter()
             batch = sharding.device_put_batch(next(batches), mesh)
             window.input_wait += time.perf_counter() - t0
-            state, metrics = train_step(state, batch)
+            state, metrics = run.step_fn(state, batch)
             window.pending.append(metrics)
             step += 1
             preempted = preemption.reached(step)
@@ -221,18 +186,19 @@ def train_and_evaluate(config: config_lib.ConfigDict, workdir: str) -> dict[str,
                 last_saved = step
             if preempted:
                 manager.wait_until_finished()
-                logging.warning("Preempted: checkpoint at step %d written; exiting.", step)
+                logging.warning("Stop requested: checkpoint at step %d written; exiting.", step)
                 return {}
             if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
-                periodic_eval.start(config, model, state, step)
-            periodic_eval.report_finished()
+                evaluation.start(state.variables, step)
+            evaluation.report_finished()
         manager.wait_until_finished()
-        periodic_eval.report_finished(wait=True)
-        metrics = evaluate(config, model, state, step, writer, workdir)
+        evaluation.report_finished(wait=True)
+        evaluation.start(state.variables, step)
+        metrics = evaluation.report_finished(wait=True)
     finally:
-        periodic_eval.close()
+        evaluation.close()
         batches.close()
-        preemption.restore()
+        preemption.uninstall()
         manager.wait_until_finished()
         writer.flush()
     return metrics

@@ -5,6 +5,7 @@ they neither move nor decay; BatchNorm lives outside `params` and is never seen 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -41,7 +42,16 @@ def param_groups(params: Any, config: config_lib.ConfigDict) -> Any:
     return jax.tree.map(lambda t, b: HEAD if t and not b else (BACKBONE if t else FROZEN), trainable, in_backbone)
 
 
-def make_optimizer(config: config_lib.ConfigDict, params: Any, num_train_images: int) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """The optimiser of a run: the transformation, its lr schedule and which parameters it trains (bool tree)."""
+
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    trainable: Any
+
+
+def make_optimizer(config: config_lib.ConfigDict, params: Any, num_train_images: int) -> Optimizer:
     """AdamW with per-group lr, decoupled weight decay on every trainable param, clip by global norm."""
     schedule = lr_schedule(config, num_train_images)
     groups = param_groups(params, config)
@@ -52,9 +62,10 @@ def make_optimizer(config: config_lib.ConfigDict, params: Any, num_train_images:
         return optax.adamw(lambda step: schedule(step) * lr_mult, b1=o.b1, b2=o.b2, eps=o.eps,
                            weight_decay=o.weight_decay)
 
-    return optax.chain(
+    tx = optax.chain(
         optax.masked(optax.set_to_zero(), frozen),
         optax.clip_by_global_norm(o.clip_norm),
         optax.multi_transform({FROZEN: optax.set_to_zero(), BACKBONE: adamw(o.backbone_lr_mult), HEAD: adamw(1.0)},
                               groups),
     )
+    return Optimizer(tx, schedule, jax.tree.map(lambda g: g != FROZEN, groups))

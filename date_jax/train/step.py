@@ -1,25 +1,29 @@
-"""One training step on device: normalise -> network -> assignment -> DATE loss -> grads -> clip -> AdamW.
+"""One training step on device: normalise -> network -> per-example targets -> DATE loss -> grads -> clip -> AdamW.
 
-No TensorFlow here. The step is a pure function of (state, batch); `make_train_step` jits it over the mesh with the
-state replicated and donated and the batch sharded on `data`. Assignment runs per example inside `jax.shard_map`
-(see `date_jax.assign.targets`), so the solver loops contain no collectives.
+The step is a pure function of (state, batch). It owns the sharding of its per-example work: the targets of both
+branches are computed once, under one `stop_gradient`, inside `sharding.per_example` (a `shard_map` over the `data`
+axis), so the solver's loops run on the device that holds the example and contain no collective. The losses are pure
+functions of (outputs, batch, targets, weights). A step whose loss or gradients are not finite leaves the state
+untouched and says so in its metrics (`finite`); the loop stops the run when it sees that.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from date_jax import compiler_options
-from date_jax import config as config_lib
-from date_jax import losses
-from date_jax.train import sharding
+from date_jax import losses, sharding
+from date_jax.assign import targets as targets_lib
+from date_jax.train.optimizer import Optimizer
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
 
 
 @flax.struct.dataclass
@@ -42,47 +46,46 @@ def create_state(variables: dict[str, Any], tx: optax.GradientTransformation) ->
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
 
 
-def replicated_state(variables: dict[str, Any], tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """A step-0 TrainState replicated over `mesh`, from host variables (the same on every process)."""
-    variables = sharding.replicate_tree(variables, mesh)
-    return jax.jit(lambda v: create_state(v, tx), out_shardings=sharding.replicated(mesh))(variables)
+def batch_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
+                  mesh: Mesh | None) -> dict[str, jax.Array]:
+    """Targets [B, ...] of every example (detached from the graph), each computed on the device that holds it."""
+    geometry = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3]))
+
+    def one_example(example_outputs, gt):
+        return targets_lib.example_targets(example_outputs, gt, geometry, config)
+
+    detached = jax.lax.stop_gradient({k: v.astype(jnp.float32) for k, v in outputs.items()})
+    return sharding.per_example(one_example, mesh)(detached, targets_lib.batch_ground_truth(batch))
 
 
-def tree_norm(tree: Any) -> jax.Array:
-    """Global L2 norm of a pytree -> []."""
-    return optax.tree.norm(tree)
+def _all_finite(tree: Any) -> jax.Array:
+    """True when every element of every leaf of `tree` is finite -> bool []."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx: optax.GradientTransformation,
-               config: config_lib.ConfigDict, schedule: Callable[[jax.Array], jax.Array], mesh: Mesh | None,
-               trainable: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: Optimizer,
+               config: ml_collections.ConfigDict, mesh: Mesh | None) -> tuple[TrainState, Metrics]:
     """Loss, gradients and one optimizer update -> (new state, scalar metrics)."""
+    points = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3])).grid.points
 
     def loss_fn(params):
         outputs = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                               batch["image_shape"])
-        return losses.date_loss(outputs, batch, config, mesh=mesh)
+        targets = batch_targets(outputs, batch, config, mesh)
+        return losses.date_loss(outputs, batch, targets, config.loss, points)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(trainable)) if t]
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    finite = jnp.isfinite(loss)
-    # A non-finite loss leaves the state untouched; the loop stops the run when it sees the flag.
+    trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
+    finite = jnp.isfinite(loss) & _all_finite(trainable_grads)
+    # A non-finite loss or gradient leaves the state untouched; the loop stops the run when it sees the flag.
     params = jax.tree.map(lambda p, u: jnp.where(finite, p + u, p), state.params, updates)
     opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
-    metrics = {"loss": loss, **terms, "grad_norm": tree_norm(trainable_grads), "param_norm": tree_norm(params),
-               "lr": schedule(state.step), "finite": finite.astype(jnp.float32),
+    metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(trainable_grads),
+               "param_norm": optax.tree.norm(params), "lr": optimizer.schedule(state.step),
+               "finite": finite.astype(jnp.float32),
                "num_gt": jnp.sum(batch["box_mask"] & batch["example_mask"][:, None]).astype(jnp.float32)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: config_lib.ConfigDict,
-                    schedule: Callable[[jax.Array], jax.Array], mesh: Mesh, trainable: Any
-                    ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """`train_step` jitted over `mesh`: state replicated and donated, batch sharded on `data`."""
-    step_fn = functools.partial(train_step, model=model, tx=tx, config=config, schedule=schedule, mesh=mesh,
-                                trainable=trainable)
-    return jax.jit(step_fn, donate_argnums=(0,),
-                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                   out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
-                   compiler_options=compiler_options.for_backend())
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]

@@ -1,16 +1,14 @@
-"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is a sum of matmuls on the CPU backend.
+"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is a sum of matmuls, for the CPU backend.
 
-XLA's CPU backend computes the kernel gradient of a convolution (contracting batch and space) on a slow path: 4-20x the
-forward's time (benchmarks/README.md). Written as kh*kw matmuls of shifted input views against the output gradient,
-the same numbers take about the forward's time, which makes a whole DATE-R50 train step ~2x faster on a CPU. Input
-gradients and the forward stay XLA's. Only plain NHWC/HWIO convs with explicit padding, no dilation and one group take
-this path, and only when the default backend is the CPU: GPUs and TPUs keep XLA's own kernels. Set
-DATE_JAX_CONV_GRAD=xla to switch it off (the benchmarks compare both).
+XLA's CPU backend computes the kernel gradient of a convolution (contracting batch and space) on a slow path, several
+times the forward's time; written as kh*kw matmuls of shifted input views against the output gradient, the same
+numbers take about the forward's time (benchmarks/README.md has the figures). Input gradients and the forward stay
+XLA's. Only plain NHWC/HWIO convs with explicit padding, no dilation and one group take this path; others go to
+`lax.conv_general_dilated` unchanged. `date_jax.runtime.conv_op()` decides where it is used (tuned CPU hosts only).
 """
 from __future__ import annotations
 
 import functools
-import os
 from typing import Sequence
 
 import jax
@@ -96,9 +94,8 @@ def _is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
-    """`lax.conv_general_dilated`; plain convs on the CPU backend get the matmul kernel gradient."""
-    use_matmuls = (os.environ.get("DATE_JAX_CONV_GRAD", "matmul") != "xla" and jax.default_backend() == "cpu"
-                   and precision is None and preferred_element_type is None
+    """`lax.conv_general_dilated`; plain convs get the matmul kernel gradient."""
+    use_matmuls = (precision is None and preferred_element_type is None
                    and _is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                  feature_group_count, batch_group_count))
     if not use_matmuls:

@@ -1,12 +1,13 @@
-"""Where arrays live: the one-axis `data` mesh over every device of every process, and the batch/state shardings.
+"""Where arrays live: the one-axis `data` mesh, the batch/state shardings and the per-example `shard_map`.
 
 This module is the only place that decides sharding (big_vision style): parameters and optimizer state are replicated,
-every batch array is split along its leading (example) axis.
+every batch array is split along its leading (example) axis. Training uses the mesh over every device of every
+process; evaluation predicts per process on the mesh of its local devices. Per-example work inside a jitted function
+(label assignment) runs under `per_example`, so each example is processed on the device that holds it.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -18,26 +19,15 @@ DATA_AXIS = "data"
 HOST_ONLY_KEYS = ("image_id",)
 
 
-def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
-    """Join the other processes of a multi-host job, from explicit flags or the cluster environment (TPU, SLURM, MPI)."""
-    if jax.distributed.is_initialized():
-        return
-    if coordinator_address:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-        return
-    cluster_markers = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-    ompi_size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") + 1
-    if any(k in os.environ for k in cluster_markers) and max(slurm_tasks, ompi_size, tpu_hosts) > 1:
-        jax.distributed.initialize()
-
-
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh named `data` over `devices` (default: all devices of all processes)."""
     devices = list(devices) if devices is not None else jax.devices()
     return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def local_mesh() -> Mesh:
+    """A 1-D mesh named `data` over this process's devices (evaluation predicts per process)."""
+    return make_mesh(jax.local_devices())
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -78,3 +68,12 @@ def log_layout(mesh: Mesh) -> None:
     logging.info("JAX %s | processes: %d (this is %d) | devices: %d global, %d local (%s) | mesh %s",
                  jax.__version__, jax.process_count(), jax.process_index(), jax.device_count(),
                  jax.local_device_count(), jax.devices()[0].platform, dict(mesh.shape))
+
+
+def per_example(fn: Callable[..., Any], mesh: Mesh | None = None) -> Callable[..., Any]:
+    """vmap `fn` over the leading batch axis of every argument; on a mesh, run it per shard of the `data` axis."""
+    batched = jax.vmap(fn)
+    if mesh is None:
+        return batched
+    # check_vma=False: the solver's loops carry unvarying constants; nothing inside communicates.
+    return jax.shard_map(batched, mesh=mesh, in_specs=P(DATA_AXIS), out_specs=P(DATA_AXIS), check_vma=False)

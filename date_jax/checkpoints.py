@@ -1,4 +1,5 @@
-"""Orbax checkpoints in `workdir/checkpoints`: async saves, the config beside them, resume with fallback.
+"""Orbax checkpoints in `workdir/checkpoints`: async saves, the config beside them, resume with fallback, and the one
+place that says which steps exist and whether a checkpoint fits a config's model.
 
 Each step directory holds three items: `variables` ({'params', 'batch_stats'}: all that inference needs), `train`
 ({'step', 'opt_state'}: what resuming adds) and `meta` (JSON: step, config). Converted PyTorch checkpoints hold
@@ -15,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -98,20 +100,49 @@ def available_steps(workdir: str) -> list[int]:
     return sorted(manager.all_steps())
 
 
-def restore_variables(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """(step, {'params', 'batch_stats'}) as numpy arrays from `step` (default: the latest) of `workdir`."""
+def resolve_step(workdir: str, step: int | None = None) -> int:
+    """`step` if `workdir` holds a checkpoint for it, the newest step when None; a clear FileNotFoundError otherwise."""
     steps = available_steps(workdir)
     if not steps:
-        raise FileNotFoundError(f"No checkpoints in {checkpoint_dir(workdir)}: train first (train.py) or convert a "
-                                "PyTorch checkpoint (tools/convert_checkpoint.py).")
+        raise FileNotFoundError(f"no checkpoints in {checkpoint_dir(workdir)}: train first (train.py) or convert a "
+                                "PyTorch checkpoint (tools/convert_checkpoint.py), or pass the right --workdir")
     if step is None:
-        step = steps[-1]
+        return steps[-1]
     if step not in steps:
-        raise FileNotFoundError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; available: {steps}.")
+        raise FileNotFoundError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; available steps: {steps}")
+    return step
+
+
+def check_variables_fit(expected: Any, variables: Any, source: str) -> None:
+    """Raise a ValueError naming the first variable whose presence or shape differs between `variables` and
+    `expected` (the abstract variables of the config's model: a tree of arrays or ShapeDtypeStructs)."""
+    want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(expected)).items()}
+    got = {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
+    advice = ("evaluate it with the config it was trained with (workdir/config.json, the default without --config) "
+              "or fix the model settings of --config")
+    for path in sorted(want):
+        if path not in got:
+            raise ValueError(f"{source} does not fit the config: it has no {path} (the config's model needs shape "
+                             f"{want[path]}); {advice}")
+        if got[path] != want[path]:
+            raise ValueError(f"{source} does not fit the config: {path} has shape {got[path]} in the checkpoint but "
+                             f"{want[path]} in the model the config builds; {advice}")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise ValueError(f"{source} does not fit the config: it holds {extra[0]} (shape {got[extra[0]]}) which the "
+                         f"config's model does not have; {advice}")
+
+
+def restore_variables(workdir: str, step: int | None = None, expected: Any = None) -> tuple[int, dict[str, Any]]:
+    """(step, {'params', 'batch_stats'} as numpy arrays) of checkpoint `step` (None: the latest) of `workdir`,
+    checked against `expected` (the abstract variables of the config's model) when given."""
+    step = resolve_step(workdir, step)
     manager = make_manager(workdir, async_save=False)
     restored = manager.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
     variables = jax.tree.map(np.asarray, restored["variables"])
     variables.setdefault("batch_stats", {})
+    if expected is not None:
+        check_variables_fit(expected, variables, f"checkpoint step {step} of {workdir}")
     return step, variables
 
 

@@ -12,7 +12,7 @@ host-side division by the resize scale (`rescale_boxes`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,25 +20,11 @@ import ml_collections
 import numpy as np
 
 from date_jax import boxes as box_ops
-from date_jax import compiler_options
 from date_jax import priors
-
-_PREDICT_CACHE: dict[tuple, Callable] = {}
+from date_jax.models.head import o2o_scores
 
 Array = jnp.ndarray
 Detections = dict[str, Array]
-
-# 3DMF clips the product probability to [eps, 1 - eps] (mmdet inverse_sigmoid eps).
-FILTER_PROB_EPS = 1e-5
-
-
-def o2o_scores(logits: Array, filter_logits: Array | None = None) -> Array:
-    """Class probabilities [B, N, C]: sigmoid(z), or clip(sigmoid(z) * sigmoid(f), 1e-5, 1 - 1e-5) with a 3DMF filter [B, N, 1]."""
-    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
-    if filter_logits is None:
-        return probs
-    probs = probs * jax.nn.sigmoid(filter_logits.astype(jnp.float32))
-    return jnp.clip(probs, FILTER_PROB_EPS, 1.0 - FILTER_PROB_EPS)
 
 
 def _level_bounds(image_hw: Sequence[int], strides: Sequence[int]) -> list[tuple[int, int]]:
@@ -153,7 +139,7 @@ def decode_fcos(logits: Array, ltrb: Array, centerness: Array, image_shape: Arra
 
 
 def decode_outputs(outputs: Mapping[str, Array], image_shape: Array, *, image_hw: Sequence[int],
-                   config) -> Detections:
+                   config: ml_collections.ConfigDict) -> Detections:
     """Decode a network output dict (DESIGN §4) under the full `config`.
 
     The o2o branch when the model has one; the FCOS o2m branch for the baseline (`model.o2o == 'none'`). NMS runs
@@ -179,15 +165,3 @@ def rescale_boxes(boxes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     scale = np.asarray(scale, np.float32)
     factors = np.stack([scale[..., 1], scale[..., 0], scale[..., 1], scale[..., 0]], axis=-1)
     return np.asarray(boxes, np.float32) / factors[..., None, :]
-
-
-def make_predict_fn(config: ml_collections.ConfigDict, model: Any) -> Callable:
-    """The NMS-free predict that evaluation runs: jit(variables, images uint8 [B,H,W,3], image_shape [B,2]) -> decoded
-    detections (DESIGN §4), one executable per model and model/test config."""
-    key = (id(model), config.model.to_json(), config.test.to_json(), config.dtype)
-    if key not in _PREDICT_CACHE:
-        def predict(variables: Any, images: jax.Array, image_shape: jax.Array) -> dict[str, jax.Array]:
-            outputs = model.apply(variables, images, image_shape)
-            return decode_outputs(outputs, image_shape, image_hw=images.shape[1:3], config=config)
-        _PREDICT_CACHE[key] = jax.jit(predict, compiler_options=compiler_options.for_backend())
-    return _PREDICT_CACHE[key]

@@ -1,0 +1,1 @@
+"""The commands users run (`train.py`, `evaluate.py`, `tools/*.py`, and the `date-jax-*` console scripts)."""

@@ -30,7 +30,7 @@ def test_config_builds_model_and_optimizer_shapes(path):
     assert "Run:" in doc and "python train.py --config configs/" in doc, "docstring must give the run command"
     model = detector.build_model(config)
     variables = jax.eval_shape(lambda: detector.init_variables(model, jax.random.PRNGKey(0), (256, 256)))
-    tx = optimizer.make_optimizer(config, variables["params"], 1000)
+    tx = optimizer.make_optimizer(config, variables["params"], 1000).tx
     state = jax.eval_shape(lambda v: step_lib.create_state(v, tx), variables)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     assert n_params > 0

@@ -1,4 +1,5 @@
 """tools/convergence_study.py: jsonl parsing, commands, resume, table and plot from given records; one tiny run."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import convergence_study as study  # noqa: E402
+STUDY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "convergence_study.py")
+study = importlib.util.module_from_spec(importlib.util.spec_from_file_location("convergence_study", STUDY))
+study.__spec__.loader.exec_module(study)
 
 
 def _write_lines(path, lines):

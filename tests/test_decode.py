@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from date_jax import config as config_lib
-from date_jax.evaluation import decode
+from date_jax import decode
+from date_jax.models.head import o2o_scores
 
 IMAGE_HW = (128, 256)           # padded input: levels 16x32, 8x16, 4x8, 2x4, 1x2 -> 682 points
 STRIDES = (8, 16, 32, 64, 128)
@@ -123,7 +124,7 @@ def test_3dmf_scores_are_clipped_product():
     f[0, 1, 0] = 30.0                                               # product -> 1, clipped to 1 - 1e-5
     sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
     expected = np.clip(sig(z) * sig(f), 1e-5, 1 - 1e-5)
-    got = np.asarray(decode.o2o_scores(jnp.asarray(z), jnp.asarray(f)))
+    got = np.asarray(o2o_scores(jnp.asarray(z), jnp.asarray(f)))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got[0, 0, 0] == pytest.approx(1e-5) and got[0, 1, 0] == pytest.approx(1 - 1e-5)
 

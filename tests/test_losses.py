@@ -8,6 +8,8 @@ import pytest
 
 from date_jax import boxes as box_ops
 from date_jax import losses, priors
+from date_jax.models.head import filtered_logits
+from date_jax.train.step import batch_loss
 from date_jax.config import base_config, tiny_model_config
 
 LN2 = math.log(2.0)
@@ -52,8 +54,8 @@ def test_elementwise_terms_hand_computed():
     a, b = jnp.array([0.0, 0.0, 2.0, 2.0]), jnp.array([1.0, 1.0, 3.0, 3.0])   # inter 1, union 7, enclose 9
     np.testing.assert_allclose(losses.giou_loss(a, b), 1 - (1 / 7 - 2 / 9), rtol=1e-6)
     np.testing.assert_allclose(losses.log_iou_loss(a, b), math.log(7), rtol=1e-6)
-    np.testing.assert_allclose(losses.centerness_loss(jnp.zeros(()), jnp.array(0.3)), LN2, rtol=1e-6)
-    np.testing.assert_allclose(losses.centerness_loss(jnp.array(2.0), jnp.array(1.0)), math.log1p(math.exp(-2)),
+    np.testing.assert_allclose(losses.binary_cross_entropy(jnp.zeros(()), jnp.array(0.3)), LN2, rtol=1e-6)
+    np.testing.assert_allclose(losses.binary_cross_entropy(jnp.array(2.0), jnp.array(1.0)), math.log1p(math.exp(-2)),
                                rtol=1e-6)
     # image 100 high, 200 wide: cx differs by 5 / 200, w by 10 / 200
     np.testing.assert_allclose(losses.normalized_box_l1(jnp.array([0.0, 0, 10, 20]), jnp.array([0.0, 0, 20, 20]),
@@ -62,17 +64,17 @@ def test_elementwise_terms_hand_computed():
 
 
 def test_filtered_logits_clip_and_gradient():
-    np.testing.assert_allclose(losses.filtered_logits(jnp.zeros(1), jnp.zeros(1)), [math.log(1 / 3)], rtol=1e-5)
-    low = losses.filtered_logits(jnp.array([-20.0]), jnp.array([-20.0]))
+    np.testing.assert_allclose(filtered_logits(jnp.zeros(1), jnp.zeros(1)), [math.log(1 / 3)], rtol=1e-5)
+    low = filtered_logits(jnp.array([-20.0]), jnp.array([-20.0]))
     np.testing.assert_allclose(low, [math.log(1e-5 / (1 - 1e-5))], rtol=1e-4)
-    grad = jax.grad(lambda z: losses.filtered_logits(z, jnp.array([-20.0]))[0])(jnp.array([-20.0]))
+    grad = jax.grad(lambda z: filtered_logits(z, jnp.array([-20.0]))[0])(jnp.array([-20.0]))
     assert grad[0] == 0.0, "the clip must zero gradients outside [1e-5, 1 - 1e-5]"
 
 
 def test_date_loss_fcos_hand_computed():
     config = make_config()
     outputs, batch = make_case(config)
-    total, terms = jax.jit(lambda o, b: losses.date_loss(o, b, config))(outputs, batch)
+    total, terms = jax.jit(lambda o, b: batch_loss(o, b, config))(outputs, batch)
     n, c = priors.point_grid(HW).num_points, 3
     # o2o: one positive; every focal entry is 0.75/4 ln2 except the positive's 1/16 ln2
     np.testing.assert_allclose(terms["o2o_cls"], 2.0 * ((n * c - 1) * 0.1875 * LN2 + 0.0625 * LN2), rtol=1e-5)
@@ -91,7 +93,7 @@ def test_date_loss_retina_matches_reference_targets():
     from test_o2m_targets import retina_reference
     config = make_config(o2m="retina")
     outputs, batch = make_case(config)
-    _, terms = jax.jit(lambda o, b: losses.date_loss(o, b, config))(outputs, batch)
+    _, terms = jax.jit(lambda o, b: batch_loss(o, b, config))(outputs, batch)
     assert set(terms) == {"o2o_cls", "o2o_box", "o2o_iou", "retina_cls", "retina_box"}
     anchors = priors.anchors(HW)
     labels, weights, deltas = retina_reference(anchors, GT[None], np.array([1]), np.array([True]))
@@ -108,7 +110,7 @@ def test_no_gradient_through_matching(o2o, o2m):
     outputs["o2o_logits"] = jax.random.normal(jax.random.PRNGKey(0), outputs["o2o_logits"].shape)
 
     def parts(out):
-        total, terms = losses.date_loss(out, batch, config)
+        total, terms = batch_loss(out, batch, config)
         return terms["o2o_cls"], terms["o2o_box"] + terms["o2o_iou"], total
 
     cls_grads, box_grads, grads = jax.jit(jax.jacrev(parts))(outputs)
@@ -127,7 +129,7 @@ def test_empty_and_padded_batches_are_finite(o2o, o2m):
         outputs, batch = make_case(config, batch_size=2, num_boxes=num_boxes)
         batch["box_mask"] = jnp.zeros_like(batch["box_mask"])
         batch["example_mask"] = jnp.full((2,), valid)
-        total, terms = jax.jit(lambda o, b: losses.date_loss(o, b, config))(outputs, batch)
+        total, terms = jax.jit(lambda o, b: batch_loss(o, b, config))(outputs, batch)
         assert np.isfinite(float(total)) and all(np.isfinite(float(v)) for v in terms.values())
         assert set(terms) >= {"o2o_cls", "o2o_box", "o2o_iou"}
         for name in terms:
@@ -143,7 +145,7 @@ def test_masked_examples_contribute_nothing():
     double_out, double = make_case(config, batch_size=2)
     double_out["o2o_logits"] = double_out["o2o_logits"].at[1].set(3.0)      # garbage in the padding example
     double["example_mask"] = jnp.array([True, False])
-    loss_fn = jax.jit(lambda o, b: losses.date_loss(o, b, config))
+    loss_fn = jax.jit(lambda o, b: batch_loss(o, b, config))
     _, one = loss_fn(single_out, single)
     _, two = loss_fn(double_out, double)
     for name in one:

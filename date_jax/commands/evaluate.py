@@ -25,9 +25,12 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {argv[1:]}")
     from date_jax import checkpoints
+    from date_jax.data import synthetic
     from date_jax.evaluation import run
 
     config = FLAGS.config if FLAGS.config is not None else checkpoints.load_config(FLAGS.workdir)
+    if config.data.source == "synthetic":
+        synthetic.ensure_synthetic_dataset_from_config(config.data)
     results = run.evaluate_workdir(config, FLAGS.workdir, FLAGS.step, watch=FLAGS.watch,
                                    watch_interval_s=FLAGS.watch_interval, watch_timeout_s=FLAGS.watch_timeout)
     for step, metrics in sorted(results.items()):

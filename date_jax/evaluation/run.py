@@ -16,7 +16,6 @@ from absl import logging
 from clu import metric_writers
 
 from date_jax import checkpoints
-from date_jax.data import synthetic
 from date_jax.evaluation import evaluators as evaluators_lib
 from date_jax.models import detector
 from date_jax.predictor import Predictor
@@ -90,8 +89,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, step: str 
     steps = checkpoints.available_steps(workdir)
     if not watch or isinstance(which, int):
         checkpoints.resolve_step(workdir, which if isinstance(which, int) else None)   # one message for both
-    if config.data.source == "synthetic":
-        synthetic.ensure_synthetic_dataset_from_config(config.data)
     run = Run(config, workdir)
     todo = _todo(steps, which)
     results: dict[int, dict[str, float]] = {}

@@ -58,6 +58,14 @@ def batch_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collec
     return sharding.per_example(one_example, mesh)(detached, targets_lib.batch_ground_truth(batch))
 
 
+def batch_loss(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
+               mesh: Mesh | None = None) -> tuple[jax.Array, Metrics]:
+    """The DATE loss of a batch (total, weighted terms): its per-example targets, then the pure loss terms."""
+    targets = batch_targets(outputs, batch, config, mesh)
+    points = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3])).grid.points
+    return losses.date_loss(outputs, batch, targets, config.loss, points)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     """True when every element of every leaf of `tree` is finite -> bool []."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
@@ -66,13 +74,10 @@ def _all_finite(tree: Any) -> jax.Array:
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: Optimizer,
                config: ml_collections.ConfigDict, mesh: Mesh | None) -> tuple[TrainState, Metrics]:
     """Loss, gradients and one optimizer update -> (new state, scalar metrics)."""
-    points = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3])).grid.points
-
     def loss_fn(params):
         outputs = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                               batch["image_shape"])
-        targets = batch_targets(outputs, batch, config, mesh)
-        return losses.date_loss(outputs, batch, targets, config.loss, points)
+        return batch_loss(outputs, batch, config, mesh)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]

@@ -8,15 +8,15 @@ import textwrap
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent('''
     import json, re
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-    from date_jax import losses, priors
-    from date_jax.assign.targets import o2o_assign
+    from date_jax import priors
     from date_jax.config import base_config, tiny_model_config
+    from date_jax.train.step import batch_loss, batch_targets
 
     COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 
@@ -68,34 +68,32 @@ SCRIPT = textwrap.dedent('''
     image_shape = np.tile(np.array([[64, 96]], np.int32), (batch_size, 1))
     config = base_config()
     config.model = tiny_model_config(num_classes=3)
-    args = (logits, pred, boxes, labels, mask, image_shape)
-
-    # negative control: a loop whose body reduces a sharded array must be reported
-    control = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, c: c + jnp.sum(x * c), 0.0))
-    x = jax.device_put(np.arange(16.0, dtype=np.float32), data)
-    results = {"control": collectives_in_loops(control.lower(x).compile())[1]}
-    for mode in ("poto", "hungarian"):
-        config.assign.o2o = mode
-        plain = jax.jit(lambda *a: o2o_assign(*a, grid, config.assign))(*args)
-        sharded_fn = jax.jit(lambda *a: o2o_assign(*a, grid, config.assign, mesh=mesh))
-        sharded_args = [jax.device_put(a, data) for a in args]
-        sharded = sharded_fn(*sharded_args)
-        num_loops, found = collectives_in_loops(sharded_fn.lower(*sharded_args).compile())
-        results[mode] = dict(
-            equal=all(bool(np.array_equal(np.asarray(a), np.asarray(b))) for a, b in zip(plain, sharded)),
-            matched=int((np.asarray(sharded[0]) >= 0).sum()), valid=int(mask.sum()),
-            loop_computations=num_loops, collectives_in_loops=found,
-            output_sharded=str(sharded[1].sharding.spec))
-    config.assign.o2o = "poto"
-
     ltrb = np.concatenate([grid.points - pred[..., :2], pred[..., 2:] - grid.points], -1)
     outputs = dict(o2o_logits=logits, o2o_ltrb=ltrb, o2m_logits=logits, o2m_ltrb=np.abs(ltrb) + 1.0,
                    o2m_centerness=jnp.zeros((batch_size, n, 1)))
     batch = dict(image=np.zeros((batch_size,) + hw + (3,), np.uint8), boxes=boxes, labels=labels, box_mask=mask,
                  image_shape=image_shape, example_mask=np.arange(batch_size) < 7)
-    _, plain_terms = jax.jit(lambda o, b: losses.date_loss(o, b, config))(outputs, batch)
-    sharded_loss = jax.jit(lambda o, b: losses.date_loss(o, b, config, mesh=mesh))
     put = lambda tree: jax.tree_util.tree_map(lambda x: jax.device_put(x, data), tree)
+
+    # negative control: a loop whose body reduces a sharded array must be reported
+    control = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, c: c + jnp.sum(x * c), 0.0))
+    x = jax.device_put(np.arange(16.0, dtype=np.float32), data)
+    results = {"control": collectives_in_loops(control.lower(x).compile())[1]}
+    valid = mask & (np.arange(batch_size) < 7)[:, None]
+    for mode in ("poto", "hungarian"):
+        config.assign.o2o = mode
+        plain = jax.jit(lambda o, b: batch_targets(o, b, config, None))(outputs, batch)["o2o_point_to_gt"]
+        sharded_fn = jax.jit(lambda o, b: batch_targets(o, b, config, mesh)["o2o_point_to_gt"])
+        sharded = sharded_fn(put(outputs), put(batch))
+        num_loops, found = collectives_in_loops(sharded_fn.lower(put(outputs), put(batch)).compile())
+        results[mode] = dict(
+            equal=bool(np.array_equal(np.asarray(plain), np.asarray(sharded))),
+            matched=int((np.asarray(sharded) >= 0).sum()), valid=int(valid.sum()),
+            loop_computations=num_loops, collectives_in_loops=found, output_sharded=str(sharded.sharding.spec))
+    config.assign.o2o = "poto"
+
+    _, plain_terms = jax.jit(lambda o, b: batch_loss(o, b, config))(outputs, batch)
+    sharded_loss = jax.jit(lambda o, b: batch_loss(o, b, config, mesh))
     _, sharded_terms = sharded_loss(put(outputs), put(batch))
     _, loss_found = collectives_in_loops(sharded_loss.lower(put(outputs), put(batch)).compile())
     results["loss"] = dict(plain={k: float(v) for k, v in plain_terms.items()},

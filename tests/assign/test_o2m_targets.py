@@ -6,7 +6,6 @@ import pytest
 from date_jax import priors
 from date_jax.assign.fcos import fcos_targets
 from date_jax.assign.retina import retina_targets
-from date_jax.assign.targets import fcos_assign, retina_assign
 from date_jax.config import assign_config
 
 IMAGE_HW = (128, 192)
@@ -93,7 +92,8 @@ def retina_reference(anchors, boxes, labels, mask):
 def test_fcos_targets_equal_loop_reference(num_valid, seed):
     grid = priors.point_grid(IMAGE_HW)
     boxes, labels, mask = random_scene(np.random.default_rng(seed), num_valid, 9)
-    got = jax.device_get(fcos_assign(boxes[None], labels[None], mask[None], grid, NUM_CLASSES))
+    got = jax.device_get(jax.tree.map(lambda x: x[None], fcos_targets(
+        grid.points, priors.fcos_regress_ranges()[grid.levels], boxes, labels, mask, num_classes=NUM_CLASSES)))
     ref_labels, ref_ltrb, ref_ctr = fcos_reference(grid.points, grid.levels, boxes, labels, mask)
     np.testing.assert_array_equal(got["labels"][0], ref_labels)
     np.testing.assert_array_equal(got["positive"][0], ref_labels < NUM_CLASSES)
@@ -106,8 +106,10 @@ def test_fcos_targets_equal_loop_reference(num_valid, seed):
 def test_retina_targets_equal_loop_reference(num_valid, seed):
     anchors = priors.anchors(IMAGE_HW)
     boxes, labels, mask = random_scene(np.random.default_rng(seed), num_valid, 9)
-    got = jax.device_get(retina_assign(boxes[None], labels[None], mask[None], anchors, NUM_CLASSES,
-                                       assign_config().retina))
+    r = assign_config().retina
+    got = jax.device_get(jax.tree.map(lambda x: x[None], retina_targets(
+        anchors, boxes, labels, mask, num_classes=NUM_CLASSES, pos_iou=r.pos_iou, neg_iou=r.neg_iou,
+        min_pos_iou=r.min_pos_iou, gt_max_assign_all=r.gt_max_assign_all)))
     ref_labels, ref_weights, ref_deltas = retina_reference(anchors, boxes, labels, mask)
     np.testing.assert_array_equal(got["labels"][0], ref_labels)
     np.testing.assert_array_equal(got["label_weights"][0], ref_weights)

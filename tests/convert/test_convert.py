@@ -12,8 +12,8 @@ from date_jax import config as config_lib
 from date_jax.convert import mmdet, pretrained, torch_pickle
 from tools.make_torch_fixtures import backbone_key_shapes, fixture_model_config, official_key_shapes
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(num_classes=3, o2o="point", o2m="fcos", depth=18, style="caffe"):
@@ -196,7 +196,7 @@ def test_init_from_errors_and_no_op(fixture_config, tmp_path):
 
 @pytest.mark.slow
 def test_convert_checkpoint_cli_writes_a_restorable_workdir(fixture_config, tmp_path):
-    from date_jax.train import checkpoints
+    from date_jax import checkpoints
     config_file = tmp_path / "tiny.py"
     config_file.write_text(
         "from date_jax import config as config_lib\n"

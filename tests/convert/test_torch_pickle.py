@@ -11,7 +11,7 @@ import pytest
 
 from date_jax.convert import torch_pickle
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 FORMATS = ["tensors_zip.pth", "tensors_legacy.pth"]
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from date_jax.data import coco, crowdhuman
 from date_jax.data.issues import DataIssues
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RECORDS = [
     {"ID": "273271,c9db000d5146c15", "gtboxes": [

@@ -11,13 +11,14 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from date_jax import checkpoints
 from date_jax import config as config_lib
 from date_jax.data import synthetic
-from date_jax.evaluation import evaluator
+from date_jax.evaluation import predictions
+from date_jax.evaluation import run as run_lib
 from date_jax.models import detector
-from date_jax.train import checkpoints
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(root):
@@ -65,15 +66,19 @@ MULTI_PROCESS_WORKER = """
 import json, sys
 import jax
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from date_jax.evaluation import evaluator
+from date_jax import checkpoints
+from date_jax.evaluation import evaluators
 from date_jax.models import detector
-from date_jax.train import checkpoints
+from date_jax.predictor import Predictor
 work, out = sys.argv[3], sys.argv[4]
 config = checkpoints.load_config(work)
 config.data.eval_batch_size = 4            # 2 per process, one per local device
-model = detector.build_model(config)
-_, variables = evaluator.restore_for_config(config, model, work, 7)
-metrics, detections = evaluator.evaluate_variables(config, model, variables)
+_, variables = checkpoints.restore_variables(work, 7, detector.abstract_variables(config))
+metric = evaluators.DetectionEvaluator(config, config.test.metric)
+rows = metric.predict(Predictor(config).load(variables))
+result = metric.score(rows) if jax.process_index() == 0 else evaluators.Result(detections=[])
+metrics = evaluators.share_metrics(result.metrics, metric.names)
+detections = result.detections
 with open(f"{out}.{jax.process_index()}.json", "w") as f:
     json.dump(dict(metrics=metrics, detections=detections, devices=jax.local_device_count()), f)
 """
@@ -141,13 +146,13 @@ def test_python_api_matches_evaluate_output(workdir, cli_run):
 def test_missing_step_lists_available(workdir):
     work, cfg = workdir
     with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 5 .*available steps: \[3, 7\]"):
-        evaluator.evaluate_workdir(cfg, work, "5")
+        run_lib.evaluate_workdir(cfg, work, "5")
 
 
 def test_workdir_without_checkpoints(tmp_path, workdir):
     _, cfg = workdir
     with pytest.raises(FileNotFoundError, match="no checkpoints in"):
-        evaluator.evaluate_workdir(cfg, str(tmp_path / "empty"), "latest")
+        run_lib.evaluate_workdir(cfg, str(tmp_path / "empty"), "latest")
 
 
 def test_checkpoint_that_does_not_fit_the_config(workdir):
@@ -156,16 +161,16 @@ def test_checkpoint_that_does_not_fit_the_config(workdir):
     other.model.num_classes = 7
     with pytest.raises(ValueError, match=r"params/bbox_head/predictors_0/conv_cls/bias has shape \(4,\) in the "
                                          r"checkpoint but \(7,\)"):
-        evaluator.restore_for_config(other, detector.build_model(other), work, 7)
+        checkpoints.restore_variables(work, 7, detector.abstract_variables(other))
     other = tiny_config(cfg.data.root)
     other.model.o2o = "3dmf"
     with pytest.raises(ValueError, match="no params/bbox_head/predictors_0/filter/bias"):
-        evaluator.restore_for_config(other, detector.build_model(other), work, None)
+        checkpoints.restore_variables(work, None, detector.abstract_variables(other))
 
 
 def test_bad_step_flag(workdir):
     with pytest.raises(ValueError, match="'latest' or 'all'"):
-        evaluator.parse_step("newest")
+        run_lib.parse_step("newest")
 
 
 @pytest.mark.slow
@@ -206,13 +211,24 @@ def test_two_processes_gather_the_same_detections(workdir, cli_run, tmp_path):
 def test_watch_evaluates_new_checkpoints_then_times_out(tmp_path, monkeypatch, workdir):
     _, cfg = workdir
     listings = iter([[3, 7], [3, 7], [3, 7, 9], [3, 7, 9], [3, 7, 9], [3, 7, 9]])
-    monkeypatch.setattr(evaluator.checkpoints, "available_steps", lambda w: next(listings))
+    monkeypatch.setattr(run_lib.checkpoints, "available_steps", lambda w: next(listings))
     seen = []
-    monkeypatch.setattr(evaluator, "evaluate_checkpoint", lambda c, m, w, step, writer: seen.append(step) or {})
+
+    class Recorder:
+        """Stands in for the evaluation of one checkpoint: records which steps the watch loop asks for."""
+
+        def __init__(self, config, workdir):
+            self.writer = type("Writer", (), {"close": lambda self: None})()
+
+        def evaluate_if_present(self, step):
+            seen.append(step)
+            return {}
+
+    monkeypatch.setattr(run_lib, "Run", Recorder)
     clock = iter(range(0, 1000, 10))                       # every look at the clock is 10 s later
-    monkeypatch.setattr(evaluator.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(evaluator.time, "sleep", lambda s: None)
-    results = evaluator.evaluate_workdir(cfg, str(tmp_path), "latest", watch=True, watch_interval_s=1,
+    monkeypatch.setattr(run_lib.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(run_lib.time, "sleep", lambda s: None)
+    results = run_lib.evaluate_workdir(cfg, str(tmp_path), "latest", watch=True, watch_interval_s=1,
                                          watch_timeout_s=25)
     assert seen == [7, 9] and sorted(results) == [7, 9]
 
@@ -221,7 +237,7 @@ def test_ground_truth_from_batches_for_sources_without_a_json():
     rows = dict(image_id=np.array([11, 12]), original_hw=np.array([[100, 200], [50, 60]]),
                 gt_boxes=np.array([[[10, 20, 30, 60], [0, 0, 0, 0]], [[1, 2, 3, 4], [5, 5, 15, 25]]], np.float32),
                 gt_labels=np.array([[1, 0], [0, 2]]), gt_mask=np.array([[True, False], [True, True]]))
-    gt = evaluator.ground_truth_from_rows(rows, [7, 8, 9])
+    gt = predictions.ground_truth_from_rows(rows, [7, 8, 9])
     assert gt["images"] == [dict(id=11, height=100, width=200), dict(id=12, height=50, width=60)]
     assert [(a["image_id"], a["category_id"], a["bbox"], a["area"]) for a in gt["annotations"]] == [
         (11, 8, [10.0, 20.0, 20.0, 40.0], 800.0), (12, 7, [1.0, 2.0, 2.0, 2.0], 4.0),

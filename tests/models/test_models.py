@@ -11,10 +11,11 @@ from flax import traverse_util
 from date_jax import config as config_lib
 from date_jax import priors
 from date_jax.models import detector
-from date_jax.models.fpn import FPN, ConvModule, group_norm, resize_nearest
+from date_jax.models.fpn import FPN, resize_nearest
 from date_jax.models.head import DATEHead
+from date_jax.models.layers import ConvModule, group_norm, torch_conv
 from date_jax.models.max_filter import MaxFilter3D, max_filter_3d, resize_bilinear
-from date_jax.models.resnet import FrozenBatchNorm, ResNet, max_pool_3x3_s2, torch_conv
+from date_jax.models.resnet import FrozenBatchNorm, ResNet, max_pool_3x3_s2
 
 RNG = np.random.default_rng(0)
 

@@ -9,9 +9,11 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from date_jax.convert import mmdet  # noqa: E402
-from date_jax.models.fpn import group_norm, resize_nearest  # noqa: E402
+from date_jax.models.fpn import resize_nearest  # noqa: E402
+from date_jax.models.layers import group_norm  # noqa: E402
 from date_jax.models.max_filter import resize_bilinear  # noqa: E402
-from date_jax.models.resnet import Bottleneck, max_pool_3x3_s2, torch_conv  # noqa: E402
+from date_jax.models.layers import torch_conv  # noqa: E402
+from date_jax.models.resnet import Bottleneck, max_pool_3x3_s2  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from date_jax.models import conv_grad
+from date_jax.runtime import conv_grad
 
 
 @pytest.mark.parametrize("kernel,stride,size,out_channels,pad", [

@@ -1,5 +1,5 @@
 """With the heap retained, repeated calls of a jitted function with large temporaries reuse their pages; without it
-(DATE_JAX_RETAIN_HEAP=0) every call faults them in again. GPU/TPU hosts are left alone."""
+(DATE_JAX_CPU_TUNING=0) every call faults them in again. GPU/TPU hosts are left alone."""
 import os
 import platform
 import subprocess
@@ -7,17 +7,15 @@ import sys
 
 import pytest
 
-from date_jax import cpu_memory
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from date_jax import runtime
+from date_jax.runtime import cpu_heap
 
 # Calls a jitted function whose eight 16 MB intermediates XLA keeps as temporaries (128 MB, 32,768 pages of 4 KiB)
 # four times and prints whether the heap was retained and the minor page faults of the last call.
 PROBE = """
-import resource, sys
-sys.path.insert(0, {root!r})
-from date_jax import cpu_memory
-retained = cpu_memory.retain_freed_memory()
+import resource
+from date_jax import runtime
+retained = runtime.configure(tensorflow=False)
 import jax, jax.numpy as jnp
 
 @jax.jit
@@ -35,9 +33,9 @@ print(retained, faults, jax.config.read("jax_cpu_enable_async_dispatch"), flush=
 
 
 def _probe(**env_overrides):
-    env = {k: v for k, v in os.environ.items() if k != "DATE_JAX_RETAIN_HEAP"}
+    env = {k: v for k, v in os.environ.items() if k != runtime.SWITCH}
     env.update({"JAX_PLATFORMS": "cpu", **env_overrides})
-    result = subprocess.run([sys.executable, "-c", PROBE.format(root=ROOT)], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
                             timeout=120, check=True)
     retained, faults, async_dispatch = result.stdout.split()
     return retained == "True", int(faults), async_dispatch == "True"
@@ -50,26 +48,23 @@ def test_retained_heap_reuses_the_pages_of_large_temporaries():
     assert retained and not async_dispatch
     assert faults < 2000                    # 128 MB of temporaries would be 32,768 fresh pages
 
-    retained, faults, async_dispatch = _probe(DATE_JAX_RETAIN_HEAP="0")
+    retained, faults, async_dispatch = _probe(DATE_JAX_CPU_TUNING="0")
     assert not retained and async_dispatch  # opted out: JAX's defaults
     assert faults > 25000                   # a fresh mmap per call: every page faults again
 
 
 def test_accelerator_hosts_are_left_alone(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert not cpu_memory.accelerator_expected()
+    assert not cpu_heap.accelerator_expected() and runtime.cpu_tuning_wanted()
     monkeypatch.setenv("JAX_PLATFORMS", "tpu")
-    assert cpu_memory.accelerator_expected() and not cpu_memory.applies()
-    assert not cpu_memory.retain_freed_memory()
+    assert cpu_heap.accelerator_expected() and not runtime.cpu_tuning_wanted()
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert cpu_memory.accelerator_expected()
+    assert cpu_heap.accelerator_expected()
 
 
 SHARDED = """
-import sys
-sys.path.insert(0, {root!r})
-from date_jax import cpu_memory
-assert cpu_memory.retain_freed_memory()
+from date_jax import runtime
+assert runtime.configure(tensorflow=False)
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -84,7 +79,7 @@ print(jax.device_count(), *np.asarray(total).astype(int))
 def test_synchronous_dispatch_still_runs_cross_device_reductions():
     """Four CPU devices reduce a sharded array together (a collective that needs all of them running at once)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env.pop("DATE_JAX_RETAIN_HEAP", None)
-    result = subprocess.run([sys.executable, "-c", SHARDED.format(root=ROOT)], env=env, capture_output=True,
+    env.pop(runtime.SWITCH, None)
+    result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
                             text=True, timeout=120, check=True)
     assert result.stdout.split() == ["4", "112", "120", "128", "136"]   # column sums of arange(32).reshape(8, 4)

@@ -1,22 +1,18 @@
-"""Subprocess worker for tests/test_train_sharding.py: a few DATE train steps on a fixed batch over a mesh.
+"""Subprocess worker for tests/train/test_sharding.py: a few DATE train steps on a fixed batch over a mesh.
 
-python tests/sharded_training_worker.py --devices K --out params.npz [--coordinator host:port --num_processes P
+python tests/train/sharded_training_worker.py --devices K --out params.npz [--coordinator host:port --num_processes P
 --process_id I]. Writes the final params (flattened) and per-step losses from process 0.
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from flax import traverse_util
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-from date_jax import config as config_lib  # noqa: E402
-from date_jax.models import detector  # noqa: E402
-from date_jax.train import optimizer, sharding  # noqa: E402
-from date_jax.train import step as step_lib  # noqa: E402
+from date_jax import config as config_lib
+from date_jax import runtime, sharding
+from date_jax.models import detector
+from date_jax.train import setup
 
 GLOBAL_BATCH, SIZE, MAX_BOXES, STEPS = 8, 96, 6, 3
 
@@ -60,17 +56,15 @@ def main() -> None:
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
     args = parser.parse_args()
+    runtime.configure(tensorflow=False)
     if args.coordinator:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     config = tiny_config(args.o2m)
     mesh = sharding.make_mesh(jax.devices()[: args.devices])
-    model = detector.build_model(config)
-    variables = jax.device_get(detector.init_variables(model, jax.random.PRNGKey(0), (SIZE, SIZE)))
-    tx = optimizer.make_optimizer(config, variables["params"], 0)
-    schedule = optimizer.lr_schedule(config, 0)
-    state = step_lib.replicated_state(variables, tx, mesh)
-    train_step = step_lib.make_train_step(model, tx, config, schedule, mesh,
-                                          detector.trainable_mask(variables["params"], config))
+    variables = jax.device_get(detector.init_variables(detector.build_model(config), jax.random.PRNGKey(0),
+                                                       (SIZE, SIZE)))
+    run = setup.create_training(config, mesh, 0, variables)
+    state, train_step = run.state, run.step_fn
     batch = fixed_batch()
     share = GLOBAL_BATCH // jax.process_count()
     local = {k: v[jax.process_index() * share:(jax.process_index() + 1) * share] for k, v in batch.items()}

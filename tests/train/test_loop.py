@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from date_jax.train import checkpoints
+from date_jax import checkpoints
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow
 
 

@@ -66,7 +66,7 @@ def test_one_step_matches_pytorch_adamw_and_freezes_stem_and_stage1():
     assert any(k[1].startswith("layer2") and g == optimizer.BACKBONE for k, g in groups.items())
     assert all(g == optimizer.HEAD for k, g in groups.items() if k[0] != "backbone")
 
-    tx = optimizer.make_optimizer(config, params, 0)
+    tx = optimizer.make_optimizer(config, params, 0).tx
     state = tx.init(params)
     updates, _ = tx.update(traverse_util.unflatten_dict(grads), state, params)
     new = traverse_util.flatten_dict(jax.tree.map(lambda p, u: p + u, params, updates))

@@ -11,16 +11,13 @@ import argparse
 import importlib.util
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import write_json
 
-from date_jax.evaluation import coco_metrics, crowdhuman_metrics  # noqa: E402
-from train_step import write_json  # noqa: E402
+from date_jax.evaluation import coco_metrics, crowdhuman_metrics
 
 
 def synthetic_coco(num_images: int, dets_per_image: int, num_classes: int, seed: int = 0):

@@ -11,19 +11,15 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from date_jax import compiler_options  # noqa: E402
-from date_jax import config as config_lib  # noqa: E402
-from date_jax import cpu_memory  # noqa: E402
-from date_jax.models import detector  # noqa: E402
+from date_jax import config as config_lib
+from date_jax import runtime
+from date_jax.models import detector
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,12 +48,12 @@ def run(args: argparse.Namespace) -> dict:
     config.dtype = args.dtype
     config.model.backbone.depth = args.depth
     config.model.o2o, config.model.o2m = args.o2o, args.o2m
-    model = detector.build_model(config)
+    model = detector.build_model(config, runtime.conv_op())
     # Parameter shapes do not depend on the image size: initialise on a small image.
     variables = detector.init_variables(model, jax.random.key(0), (128, 128))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (args.batch, args.height, args.width, 3)),
                          jnp.uint8)
-    forward = jax.jit(model.apply, compiler_options=compiler_options.for_backend())
+    forward = jax.jit(model.apply, compiler_options=runtime.compiler_options())
 
     start = time.perf_counter()
     compiled = forward.lower(variables, images).compile()
@@ -101,5 +97,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
+    runtime.configure(tensorflow=False)   # first: before JAX creates its client
     main()

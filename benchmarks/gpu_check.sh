@@ -13,6 +13,7 @@ out="${1:-${OUT:-benchmarks/results}}"
 mkdir -p "$out"
 log="$out/gpu_check.log"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the package is not installed on a bare accelerator host
 # Let XLA take most of the GPU memory up front (default 75%) so the largest batch fits.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 

@@ -14,35 +14,34 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from train_step import (NUM_CLASSES, VARIANTS, benchmark_config, fmt_bytes, interleaved, machine_facts, peak_bytes,
+                        static_bytes, summarise, write_json)
+
+from date_jax import runtime
+from date_jax.models import detector
+from date_jax.predictor import Predictor
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from date_jax import cpu_memory  # noqa: E402
-from date_jax.evaluation import decode  # noqa: E402
-from date_jax.models import detector  # noqa: E402
-from train_step import (NUM_CLASSES, write_json, VARIANTS, benchmark_config, fmt_bytes, interleaved, machine_facts,  # noqa: E402
-                        peak_bytes, static_bytes, summarise)
 
 
 def build_date_predict(variant: str, image_hw: tuple[int, int], batch: int, dtype: str, tiny: bool = False
                        ) -> tuple[Callable[[], None], dict[str, Any]]:
     """A zero-argument callable running one jitted predict + decode on a fixed device batch, and compile facts."""
     config = benchmark_config(variant, dtype, batch, 1, tiny)
-    model = detector.build_model(config)
-    variables = detector.init_variables(model, jax.random.PRNGKey(0), image_hw)
+    predictor = Predictor(config)          # the executable evaluation and the Python API run
+    variables = detector.init_variables(predictor.model, jax.random.PRNGKey(0), image_hw)
 
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (batch, *image_hw, 3), dtype=np.uint8))
     image_shape = jax.device_put(np.tile(np.array(image_hw, np.int32), (batch, 1)))
     start = time.perf_counter()
-    compiled = decode.make_predict_fn(config, model).lower(variables, images, image_shape).compile()
+    compiled = predictor._predict.lower(variables, images, image_shape).compile()
     compile_s = time.perf_counter() - start
 
     def run() -> None:
@@ -106,5 +105,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
+    runtime.configure(tensorflow=False)   # first: before JAX creates its client
     main()

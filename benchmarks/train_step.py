@@ -21,7 +21,6 @@ import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -29,15 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax import lax
+
+from date_jax import config as config_lib
+from date_jax import runtime, sharding
+from date_jax.models import detector
+from date_jax.runtime import conv_grad
+from date_jax.train import optimizer, setup
+from date_jax.train import step as step_lib
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from date_jax import compiler_options  # noqa: E402
-from date_jax import config as config_lib  # noqa: E402
-from date_jax import losses  # noqa: E402
-from date_jax import cpu_memory  # noqa: E402
-from date_jax.models import detector  # noqa: E402
-from date_jax.train import optimizer, sharding  # noqa: E402
-from date_jax.train import step as step_lib  # noqa: E402
+CONV_OPS = {"xla": lax.conv_general_dilated, "matmul": conv_grad.conv_general_dilated}
 
 VARIANTS = {"f": dict(o2o="point", o2m="fcos"), "r": dict(o2o="point", o2m="retina"),
             "3dmf": dict(o2o="3dmf", o2m="fcos")}
@@ -123,18 +124,18 @@ def step_flops(compiled: Any) -> float | None:
 
 
 def build_date_train_step(variant: str, image_hw: tuple[int, int], batch: int, dtype: str, max_boxes: int,
-                          num_gts: int, tiny: bool = False) -> tuple[Callable[[], None], dict[str, Any]]:
-    """A zero-argument callable running one blocking DATE train step on a fixed device batch, and compile facts."""
+                          num_gts: int, tiny: bool = False, conv: str = "matmul"
+                          ) -> tuple[Callable[[], None], dict[str, Any]]:
+    """A zero-argument callable running one blocking DATE train step on a fixed device batch, and compile facts;
+    the model's convs take their kernel gradients from `CONV_OPS[conv]`."""
     config = benchmark_config(variant, dtype, batch, max_boxes, tiny)
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(batch, mesh)
-    model = detector.build_model(config)
+    model = detector.build_model(config, CONV_OPS[conv])
     variables = jax.device_get(detector.init_variables(model, jax.random.PRNGKey(0), image_hw))
-    tx = optimizer.make_optimizer(config, variables["params"], 0)
-    schedule = optimizer.lr_schedule(config, 0)
-    state = step_lib.replicated_state(variables, tx, mesh)
-    step = step_lib.make_train_step(model, tx, config, schedule, mesh,
-                                    detector.trainable_mask(variables["params"], config))
+    optim = optimizer.make_optimizer(config, variables["params"], 0)
+    state = setup.replicated_state(variables, optim.tx, mesh)
+    step = setup.jit_step(model, optim, config, mesh)
     device_batch = sharding.device_put_batch(synthetic_batch(batch, image_hw, max_boxes, num_gts), mesh)
     start = time.perf_counter()
     compiled = step.lower(state, device_batch).compile()
@@ -157,9 +158,9 @@ def build_breakdown(variant: str, image_hw: tuple[int, int], batch: int, dtype: 
     and assignment + DATE loss forward + backward on fixed network outputs; and their compile seconds."""
     config = benchmark_config(variant, dtype, batch, max_boxes, tiny)
     mesh = sharding.make_mesh()
-    model = detector.build_model(config)
+    model = detector.build_model(config, runtime.conv_op())
     variables = detector.init_variables(model, jax.random.PRNGKey(0), image_hw)
-    tx = optimizer.make_optimizer(config, variables["params"], 0)
+    tx = optimizer.make_optimizer(config, variables["params"], 0).tx
     opt_state = tx.init(variables["params"])
     device_batch = sharding.device_put_batch(synthetic_batch(batch, image_hw, max_boxes, num_gts), mesh)
     images = device_batch["image"]
@@ -181,7 +182,7 @@ def build_breakdown(variant: str, image_hw: tuple[int, int], batch: int, dtype: 
                for k, v in jax.eval_shape(forward, variables, images).items()}
 
     def assign_and_loss(outputs, batch):
-        return jax.grad(lambda o: losses.date_loss(o, batch, config, mesh=mesh)[0])(outputs)
+        return jax.grad(lambda o: step_lib.batch_loss(o, batch, config, mesh)[0])(outputs)
 
     parts = {"network forward": (forward, (variables, images)),
              "network fwd+bwd+AdamW (sum loss)": (network_step, (variables["params"], opt_state, images)),
@@ -189,7 +190,7 @@ def build_breakdown(variant: str, image_hw: tuple[int, int], batch: int, dtype: 
     runners, compile_s = {}, {}
     for name, (fn, args) in parts.items():
         start = time.perf_counter()
-        compiled = jax.jit(fn, compiler_options=compiler_options.for_backend()).lower(*args).compile()
+        compiled = jax.jit(fn, compiler_options=runtime.compiler_options()).lower(*args).compile()
         compile_s[name] = time.perf_counter() - start
 
         def run(compiled=compiled, args=args) -> None:
@@ -212,13 +213,13 @@ def time_steps(run: Callable[[], None], steps: int) -> list[float]:
 
 def machine_facts() -> dict[str, Any]:
     """What the figures were measured on: device kind, backend, host, cores, jax version, XLA flags and options,
-    whether the CPU heap is retained (date_jax/cpu_memory.py)."""
+    whether date-jax's CPU tuning is on (date_jax/runtime)."""
     device = jax.devices()[0]
     return dict(device=getattr(device, "device_kind", str(device)), backend=jax.default_backend(),
                 num_devices=jax.device_count(), host_cpu=platform.processor() or platform.machine(),
                 cpu_cores=os.cpu_count(), jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                compiler_options=compiler_options.for_backend(),
-                cpu_heap_retained=cpu_memory.applies() and not jax.config.read("jax_cpu_enable_async_dispatch"))
+                compiler_options=runtime.compiler_options(), cpu_tuned=runtime.cpu_tuned(),
+                cpu_heap_retained=runtime.cpu_tuned() and not jax.config.read("jax_cpu_enable_async_dispatch"))
 
 
 def interleaved(runners: dict[str, Callable[[], None]], steps: int, repeats: int) -> dict[str, list[float]]:
@@ -252,22 +253,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (interleaved with the peer when given)")
     parser.add_argument("--peer", default="", choices=("", "torchvision"))
-    parser.add_argument("--conv-grad", default="matmul", choices=("xla", "matmul"),
-                        help="experiment: kernel gradients of convs as XLA convs (default) or as matmuls")
+    parser.add_argument("--conv-grad", default="", choices=("", "xla", "matmul"),
+                        help="kernel gradients of convs as XLA convs or as matmuls (default: the runtime's choice)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts: network forward, network fwd+bwd, assignment + loss")
     parser.add_argument("--tiny", action="store_true", help="the test-size model (smoke runs)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
     args = parser.parse_args()
     image_hw = tuple(args.size)
-    os.environ["DATE_JAX_CONV_GRAD"] = args.conv_grad   # read by date_jax.models.conv_grad at trace time
+    args.conv_grad = args.conv_grad or ("matmul" if runtime.conv_op() is conv_grad.conv_general_dilated else "xla")
 
     run, facts = build_date_train_step(args.variant, image_hw, args.batch, args.dtype, args.max_boxes, args.gts,
-                                       args.tiny)
+                                       args.tiny, args.conv_grad)
     runners = {"date": run}
     peer_facts: dict[str, Any] = {}
     if args.peer:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         from peers import torchvision_fcos
         runners["torchvision_fcos"], peer_facts = torchvision_fcos.build_train_step(
             image_hw, args.batch, args.max_boxes, args.gts, NUM_CLASSES)
@@ -278,8 +278,8 @@ def main() -> None:
                                                 args.gts, args.tiny)
         runners.update(parts)
     times = interleaved(runners, args.steps, args.repeats)
-    result = dict(machine_facts(), conv_grad=args.conv_grad, variant=args.variant, size=list(image_hw), batch=args.batch, dtype=args.dtype,
-                  tiny=args.tiny, peak_bytes=peak_bytes(jax.devices()[0]), **facts,
+    result = dict(machine_facts(), conv_grad=args.conv_grad, variant=args.variant, size=list(image_hw),
+                  batch=args.batch, dtype=args.dtype, tiny=args.tiny, peak_bytes=peak_bytes(jax.devices()[0]), **facts,
                   date=summarise(times["date"], args.batch))
     if args.breakdown:
         result["parts"] = {name: dict(compile_s=part_compile_s[name], **summarise(times[name], args.batch))
@@ -290,7 +290,8 @@ def main() -> None:
 
     name = f"DATE-R50-{args.variant.upper()}" + (" (tiny)" if args.tiny else "")
     print(f"train step | {result['device']} ({result['backend']}, {result['cpu_cores']} host cores) | "
-          f"{image_hw[0]}x{image_hw[1]} batch {args.batch} {args.dtype} | conv grads: {args.conv_grad} | median of {len(times['date'])} steps")
+          f"{image_hw[0]}x{image_hw[1]} batch {args.batch} {args.dtype} | conv grads: {args.conv_grad} | "
+          f"median of {len(times['date'])} steps")
     print(f"{'model':28s} {'step s':>8s} {'min s':>8s} {'img/s':>8s} {'compile s':>10s} {'peak mem':>10s} "
           f"{'XLA est.':>10s}")
     d = result["date"]
@@ -312,5 +313,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
+    runtime.configure(tensorflow=False)   # first: before JAX creates its client
     main()

@@ -27,4 +27,5 @@ def get_config():
     config.log_every_steps = 100
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
+    config.eval_every_epochs = 0      # evaluate once, at the end (the README's timing)
     return config

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.json"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -54,6 +55,24 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                                 "tools/convert_checkpoint.py writes it); pass --config explicitly.")
     with open(path) as f:
         return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def save_classes(workdir: str, names: list[str], category_ids: list[int]) -> None:
+    """Write `workdir/classes.json`: the class names and original category ids in label order (process 0 only)."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, CLASSES_FILE), "w") as f:
+            json.dump(dict(names=list(names), category_ids=[int(c) for c in category_ids]), f, indent=2)
+
+
+def load_classes(workdir: str) -> tuple[list[str], list[int]] | None:
+    """(names, category ids) in label order from `workdir/classes.json`, or None for a workdir without one."""
+    path = os.path.join(workdir, CLASSES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        classes = json.load(f)
+    return [str(n) for n in classes["names"]], [int(c) for c in classes["category_ids"]]
 
 
 def _tuples(tree: Any) -> Any:

@@ -148,7 +148,8 @@ def base_config() -> ConfigDict:
     config.log_every_steps = 50
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 3
-    config.eval_every_steps = 0     # 0 -> only at the end
+    config.eval_every_epochs = 1    # evaluate during training every this many epochs (0 -> only at the end)
+    config.eval_every_steps = 0     # > 0: every this many steps instead (iteration-based schedules)
     config.num_eval_images = 0      # 0 -> the whole validation set
     config.num_summary_images = 4
     return config

@@ -25,7 +25,8 @@ def make_config(o2o="point", o2m="fcos", num_classes=3):
 
 
 def make_case(config, batch_size=1, num_boxes=1):
-    """Every point predicts SHIFTED with logit 0 (o2o and o2m) and centerness logit 0; one gt GT of class 1."""
+    """Every point predicts SHIFTED with logit 0 (o2o and o2m) and centerness logit 0; one gt GT of class 1. The
+    outputs hold every key of both one-to-many heads (the loss uses the configured one's targets)."""
     grid = priors.point_grid(HW)
     n, c = grid.num_points, config.model.num_classes
     ltrb = np.asarray(box_ops.boxes_to_ltrb(grid.points, SHIFTED[None]))
@@ -37,6 +38,8 @@ def make_case(config, batch_size=1, num_boxes=1):
         o2m_ltrb=jnp.tile(ltrb[None], (batch_size, 1, 1)), o2m_centerness=jnp.zeros((batch_size, n, 1)),
         o2m_deltas=jnp.zeros((batch_size, num_anchors, 4)),
     )
+    if config.model.o2o != "3dmf":         # as the network: the filter logits exist only with the 3DMF head
+        del outputs["o2o_filter"]
     boxes = np.zeros((batch_size, num_boxes, 4), np.float32)
     mask = np.zeros((batch_size, num_boxes), bool)
     if num_boxes:

@@ -4,13 +4,16 @@ Rerunning the same command resumes from the newest checkpoint in DIR. On a multi
 processes join through the cluster environment (TPU, SLURM, Open MPI) or the --coordinator_address flags. SIGTERM
 (exit 0) and Ctrl-C (exit 130; a second one exits at once) save a checkpoint at the next step boundary first.
 """
-import sys
-
-from absl import flags
-from ml_collections import config_flags
-
-from date_jax import cli
 from date_jax.train.preemption import Preemption
+
+PREEMPTION = Preemption().install()   # first of all: a stop request during the slow start-up must not be lost
+
+import sys  # noqa: E402
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from date_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -40,8 +43,7 @@ def _main(argv: list[str], preemption: Preemption) -> None:
 
 def main() -> None:
     """Console entry point (`date-jax-train`)."""
-    preemption = Preemption().install()   # first: a stop request during start-up must not be lost
-    cli.run(lambda argv: _main(argv, preemption))
+    cli.run(lambda argv: _main(argv, PREEMPTION))
 
 
 if __name__ == "__main__":

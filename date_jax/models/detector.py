@@ -112,7 +112,7 @@ def init_variables(model: nn.Module, rng: Array, image_hw: Sequence[int]) -> dic
     """Initial variables {'params', 'batch_stats'} of `model` for a batch-1 uint8 image of (H, W) `image_hw`.
 
     `rng` may be any key (typed or legacy uint32[2]); the initialisers draw from an 'rbg' key derived from it
-    deterministically, because XLA compiles RngBitGenerator several times faster than threefry (minutes on a CPU).
+    deterministically, because XLA compiles RngBitGenerator much faster than threefry on a CPU.
     """
     images = jnp.zeros((1, int(image_hw[0]), int(image_hw[1]), 3), jnp.uint8)
     variables = jax.jit(model.init)(_rbg_key(rng), images)

@@ -8,6 +8,7 @@ loop and scored in a worker thread while training goes on, and every evaluation 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from concurrent import futures
@@ -37,6 +38,43 @@ def enable_compilation_cache(workdir: str) -> None:
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard events in `workdir` on process 0 (the console gets date-jax's own progress lines instead of a
+    copy of every scalar); a writer that drops everything on the other processes."""
+    if jax.process_index() > 0:
+        return metric_writers.MultiWriter([])
+    return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
+
+
+def plotted(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics worth a TensorBoard curve: COCO's -1 ('no object of this size') sentinels are left out."""
+    return {k: v for k, v in metrics.items() if v != -1.0}
+
+
+def write_parameters(workdir: str, params: Any, writer: metric_writers.MetricWriter) -> str:
+    """The parameter table in `workdir/parameters.txt` and TensorBoard; returns the one-line summary."""
+    table = parameter_overview.get_parameter_overview(params)
+    total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+            f.write(table + "\n")
+    writer.write_texts(0, {"parameters": f"```\n{table}\n```"})
+    return f"{total:,} parameters ({total * 4 / 2**20:.1f} MiB in float32); table in {workdir}/parameters.txt"
+
+
+def format_eta(seconds: float) -> str:
+    """h:mm of a duration (rounded up to the minute)."""
+    minutes = int(math.ceil(max(seconds, 0.0) / 60))
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def eval_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Steps between evaluations during training: `eval_every_steps`, else `eval_every_epochs` epochs (0: none)."""
+    if config.eval_every_steps:
+        return int(config.eval_every_steps)
+    return int(config.get("eval_every_epochs", 0)) * steps_per_epoch
 
 
 class _MetricWindow:
@@ -107,7 +145,7 @@ class _Evaluation:
                 _append_jsonl(self.workdir, "eval_metrics.jsonl", {"step": step, **metrics})
             logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
                          " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            self.writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+            self.writer.write_scalars(step, {f"val/{k}": v for k, v in plotted(metrics).items()})
             if result.pictures is not None:
                 self.writer.write_images(step, {"val/predictions": result.pictures})
         return metrics
@@ -120,14 +158,49 @@ def _progress_line(step: int, num_steps: int, means: dict[str, float], images_pe
     terms = " ".join(f"{k}={means[k]:.4f}" for k in sorted(means)
                      if k.startswith(("o2o_", "fcos_", "retina_")))
     return (f"step {step}/{num_steps} loss={means.get('loss', float('nan')):.4f} {terms} lr={means.get('lr', 0):.2e} "
-            f"| {images_per_s:.1f} img/s, input {100 * means['input_wait_share']:.0f}% | ETA {eta_s / 60:.1f} min")
+            f"| {images_per_s:.1f} img/s, input {100 * means['input_wait_share']:.0f}% | ETA {format_eta(eta_s)}")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       preemption: Preemption | None = None) -> dict[str, float]:
-    """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate; returns the final metrics
-    ({} when a stop was requested: the state is checkpointed first)."""
-    preemption = preemption if preemption is not None else Preemption().install()
+class _Progress:
+    """The steps' metrics since the last report, the first step's compile time (kept out of speed and ETA), and the
+    reports: TensorBoard, `train_metrics.jsonl`, one console line each."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, writer: metric_writers.MetricWriter,
+                 first_step: int, num_steps: int):
+        self.config, self.workdir, self.writer = config, workdir, writer
+        self.first_step, self.num_steps = first_step, num_steps
+        self.window = _MetricWindow(first_step)
+        self.compile_s = 0.0
+
+    def run_step(self, step_fn: Any, state: Any, batch: Any, step: int) -> tuple[Any, dict[str, jax.Array]]:
+        """One step; the first one is announced and timed, as it waits for the compilation."""
+        if step != self.first_step:
+            return step_fn(state, batch)
+        logging.info("Compiling the train step for batches of %s (the first step waits for it)...",
+                     tuple(batch["image"].shape))
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready(metrics)
+        self.compile_s = time.perf_counter() - t0
+        logging.info("First step done in %.1f s (compilation included).", self.compile_s)
+        return state, metrics
+
+    def report(self, step: int, last_saved: int | None) -> None:
+        """Fetch the window (raising on a non-finite step) and report it."""
+        means, steps, seconds = self.window.flush(last_saved)
+        if self.window.first_step == self.first_step and steps > 1:    # the compile is not a step: keep it out
+            seconds, steps = seconds - self.compile_s, steps - 1
+        images_per_s = steps * self.config.data.batch_size / max(seconds, 1e-9)
+        means.update(images_per_s=images_per_s, step_time_s=seconds / max(steps, 1))
+        self.writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+        _append_jsonl(self.workdir, "train_metrics.jsonl", {"step": step, **means})
+        logging.info(_progress_line(step, self.num_steps, means, images_per_s,
+                                    (self.num_steps - step) * seconds / max(steps, 1)))
+        self.window = _MetricWindow(step)
+
+
+def _start(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, setup.Training, int, int]:
+    """Mesh, run (model, optimiser, state, step), training images and steps; the workdir's config, class names."""
     mesh = sharding.make_mesh()
     sharding.log_layout(mesh)
     sharding.check_batch_divisible(config.data.batch_size, mesh)
@@ -135,28 +208,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.save_config(workdir, config)
     if config.data.source == "synthetic":
         synthetic.ensure_synthetic_dataset_from_config(config.data)
-
-    num_train_images = config.data.num_train_images or pipeline.dataset_info(config, "train").num_images
-    num_steps = config_lib.total_steps(config, num_train_images)
+    train_info = pipeline.dataset_info(config, "train")
+    checkpoints.save_classes(workdir, list(train_info.category_names), list(train_info.category_ids))
+    num_train_images = config.data.num_train_images or train_info.num_images
     run = setup.create_training(config, mesh, num_train_images)
-    if jax.process_index() == 0:
-        parameter_overview.log_parameter_overview(run.state.params)
+    return mesh, run, num_train_images, config_lib.total_steps(config, num_train_images)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       preemption: Preemption | None = None) -> dict[str, float]:
+    """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate; returns the final metrics
+    ({} when a stop was requested: the state is checkpointed first)."""
+    preemption = preemption if preemption is not None else Preemption().install()
+    mesh, run, num_train_images, num_steps = _start(config, workdir)
+    writer = make_writer(workdir)
+    writer.write_texts(0, {"config": f"```\n{config.to_json_best_effort(indent=2)}\n```"})
+    logging.info("Model: %s.", write_parameters(workdir, run.state.params, writer))
     manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
     restored = checkpoints.restore_state(manager, run.state)
     state = restored if restored is not None else run.state
     if restored is not None:
         logging.info("Resumed from %s at step %d.", manager.directory, int(state.step))
-    first_step = int(state.step)
+    step = first_step = int(state.step)
     last_saved = first_step if restored is not None else None
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     # assembled in a background thread, so the step never waits on the pipeline's Python work or epoch boundaries
     batches = prefetch.Background(pipeline.train_batches(config, start_step=first_step), max(1, config.data.prefetch))
+    steps_per_epoch = config_lib.steps_per_epoch(config, num_train_images)
+    every = eval_interval(config, steps_per_epoch)
     logging.info("Training %d steps (%d images, global batch %d, %d per epoch) in %s.", num_steps, num_train_images,
-                 config.data.batch_size, config_lib.steps_per_epoch(config, num_train_images), workdir)
-
+                 config.data.batch_size, steps_per_epoch, workdir)
     evaluation = _Evaluation(config, run.model, writer, workdir)
-    window = _MetricWindow(first_step)
-    step = first_step
+    progress = _Progress(config, workdir, writer, first_step, num_steps)
     try:
         if jax.process_count() == 1 and preemption.requested:
             logging.warning("Stop requested during start-up: nothing new to save; exiting.")
@@ -164,31 +246,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         while step < num_steps:
             t0 = time.perf_counter()
             batch = sharding.device_put_batch(next(batches), mesh)
-            window.input_wait += time.perf_counter() - t0
-            state, metrics = run.step_fn(state, batch)
-            window.pending.append(metrics)
+            progress.window.input_wait += time.perf_counter() - t0
+            state, metrics = progress.run_step(run.step_fn, state, batch, step)
+            progress.window.pending.append(metrics)
             step += 1
-            preempted = preemption.reached(step)
-            last = step == num_steps
+            preempted, last = preemption.reached(step), step == num_steps
             if step % config.log_every_steps == 0 or last or preempted:
-                means, steps, seconds = window.flush(last_saved)
-                images_per_s = steps * config.data.batch_size / max(seconds, 1e-9)
-                means.update(images_per_s=images_per_s, step_time_s=seconds / max(steps, 1))
-                writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-                _append_jsonl(workdir, "train_metrics.jsonl", {"step": step, **means})
-                logging.info(_progress_line(step, num_steps, means, images_per_s,
-                                            (num_steps - step) * seconds / max(steps, 1)))
-                window = _MetricWindow(step)
+                progress.report(step, last_saved)
             if step % config.checkpoint_every_steps == 0 or last or preempted:
-                if window.pending:
-                    window.flush(last_saved)
+                if progress.window.pending:
+                    progress.window.flush(last_saved)
                 checkpoints.save(manager, step, state, config, force=True)
                 last_saved = step
             if preempted:
                 manager.wait_until_finished()
                 logging.warning("Stop requested: checkpoint at step %d written; exiting.", step)
                 return {}
-            if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
+            if every and step % every == 0 and not last:
                 evaluation.start(state.variables, step)
             evaluation.report_finished()
         manager.wait_until_finished()

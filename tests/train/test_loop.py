@@ -1,6 +1,8 @@
 """train.py end to end on a tiny synthetic set: resume after kill -9 reproduces the losses of an uninterrupted run
-(which also evaluates periodically), SIGTERM leaves a restorable checkpoint and exits 0, a NaN loss stops the run with the step named."""
+(which also evaluates periodically and prints a readable console), SIGTERM leaves a restorable checkpoint and exits 0
+(also during start-up), Ctrl-C exits 130 after a checkpoint, a NaN loss stops the run with the step named."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -50,12 +52,30 @@ def _losses(workdir):
     return out
 
 
+def _check_console(stdout, stderr, workdir, steps):
+    """What a person reads: one progress line per report, the compile announced and timed, an h:mm ETA, the final
+    metrics once, no TensorFlow start-up noise; the parameter table and the class names in the workdir."""
+    console = stdout + stderr
+    for step in range(1, steps + 1):
+        assert len(re.findall(rf"step {step}/{steps} loss=", console)) == 1, console[-3000:]
+    assert "Compiling the train step" in console and re.search(r"First step done in [0-9.]+ s", console)
+    assert re.search(rf"step {steps}/{steps} .*\| ETA 0:00", console)
+    assert stdout.count("final metrics: AP=") == 1
+    assert "oneDNN" not in console and "absl::InitializeLog" not in console
+    assert "parameters (" in console and "| Name" not in console          # one summary line, no table
+    with open(os.path.join(workdir, "parameters.txt")) as f:
+        assert "bbox_head/" in f.read()
+    with open(os.path.join(workdir, "classes.json")) as f:
+        assert json.load(f) == {"names": ["circle", "square", "triangle", "cross"], "category_ids": [1, 2, 3, 4]}
+
+
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run(shared, tmp_path):
     steps = 10
     straight = str(tmp_path / "straight")
     # periodic evaluations (scored in a worker thread) must not change the training losses
-    subprocess.run(_command(shared, straight, steps, "--config.eval_every_steps=4"), cwd=ROOT, env=_env(shared),
-                   check=True, timeout=1200, capture_output=True)
+    run = subprocess.run(_command(shared, straight, steps, "--config.eval_every_steps=4"), cwd=ROOT,
+                         env=_env(shared), check=True, timeout=1200, capture_output=True, text=True)
+    _check_console(run.stdout, run.stderr, straight, steps)
     reference = _losses(straight)
     assert sorted(reference) == list(range(1, steps + 1))
     with open(os.path.join(straight, "eval_metrics.jsonl")) as f:
@@ -104,6 +124,33 @@ def test_nan_loss_stops_the_run_naming_the_step(shared, tmp_path):
     result = subprocess.run(_command(shared, workdir, 10, "--config.loss.o2o_cls=nan"), cwd=ROOT, env=_env(shared),
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 3
-    assert "The loss became nan at step 1" in result.stderr
+    assert "became non-finite at step 1 (loss nan" in result.stderr
     assert "last good checkpoint is none yet" in result.stderr
     assert checkpoints.available_steps(workdir) == []
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(shared, tmp_path):
+    workdir = str(tmp_path / "interrupted")
+    proc = subprocess.Popen(_command(shared, workdir, 10_000, "--config.checkpoint_every_steps=100000"), cwd=ROOT,
+                            env=_env(shared), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "train_metrics.jsonl")
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not os.path.exists(metrics):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped by signal" in stderr
+    saved = checkpoints.available_steps(workdir)
+    assert len(saved) == 1 and max(_losses(workdir)) == saved[0]
+
+
+def test_sigterm_during_start_up_exits_0(shared, tmp_path):
+    """The handler is installed before the slow start-up (imports, data, compile): no -15, no traceback."""
+    proc = subprocess.Popen(_command(shared, str(tmp_path / "early"), 10), cwd=ROOT, env=_env(shared),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr

@@ -7,7 +7,6 @@ location-major then anchor (index (i * W_l + j) * A + a) with base anchors ratio
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import numpy as np
@@ -90,8 +89,3 @@ def fcos_regress_ranges(num_levels: int = 5) -> np.ndarray:
     ranges = [(bounds[i], bounds[i + 1]) for i in range(num_levels)]
     ranges[-1] = (ranges[-1][0], 1e8)
     return np.asarray(ranges, np.float32)
-
-
-def padded_size(size: int, divisor: int = 32) -> int:
-    """Smallest multiple of `divisor` that is >= size."""
-    return int(math.ceil(size / divisor) * divisor)

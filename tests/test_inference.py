@@ -3,28 +3,13 @@ nothing; `predict` takes one image or a list (run in batches), a score threshold
 category ids."""
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from date_jax import checkpoints
 from date_jax import config as config_lib
 from date_jax.inference import Detector
-from date_jax.models import detector
-
-
-def _random_variables(config, seed=0):
-    """Variables of the model `config` builds, N(0, 0.1) weights (a spread-out class kernel), BN identity."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if name.endswith(("scale", "var")):
-            return np.ones(x.shape, np.float32)
-        if name.endswith(("bias", "mean")):
-            return np.zeros(x.shape, np.float32)
-        return rng.normal(0, 3.0 if "predictors_0/conv_cls" in name else 0.1, x.shape).astype(np.float32)
-    return jax.tree_util.tree_map_with_path(leaf, detector.abstract_variables(config))
+from tests.helpers import random_variables
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +20,7 @@ def workdir(tmp_path_factory):
     config.data.update(source="coco", root=str(root / "no_such_data"), test_short_size=64, max_size=96,
                        bucket_divisor=32)
     work = str(root / "run")
-    checkpoints.save_variables(work, 5, _random_variables(config), config)
+    checkpoints.save_variables(work, 5, random_variables(config), config)
     checkpoints.save_classes(work, ["cat", "dog", "emu"], [17, 18, 42])
     return work
 

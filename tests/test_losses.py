@@ -93,7 +93,7 @@ def test_date_loss_fcos_hand_computed():
 
 
 def test_date_loss_retina_matches_reference_targets():
-    from test_o2m_targets import retina_reference
+    from tests.assign.test_o2m_targets import retina_reference
     config = make_config(o2m="retina")
     outputs, batch = make_case(config)
     _, terms = jax.jit(lambda o, b: batch_loss(o, b, config))(outputs, batch)

@@ -85,8 +85,6 @@ def test_anchor_count_matches_points():
     assert len(priors.anchors((65, 97))) == 9 * priors.point_grid((65, 97)).num_points
 
 
-def test_fcos_regress_ranges_and_padding():
+def test_fcos_regress_ranges():
     np.testing.assert_array_equal(priors.fcos_regress_ranges(),
                                   [[-1, 64], [64, 128], [128, 256], [256, 512], [512, 1e8]])
-    assert [priors.padded_size(s) for s in (1, 32, 33, 800, 1333)] == [32, 32, 64, 800, 1344]
-    assert priors.padded_size(700, 128) == 768

@@ -17,6 +17,7 @@ from date_jax.data import synthetic
 from date_jax.evaluation import predictions
 from date_jax.evaluation import run as run_lib
 from date_jax.models import detector
+from tests.helpers import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,30 +33,11 @@ def tiny_config(root):
     return cfg
 
 
-def random_variables(model, seed=0):
-    """Variables of the right shapes without compiling `model.init`: N(0, 0.1) weights, unit scales, BN identity.
-
-    The class kernel is larger so that scores spread out (rankings stay stable between batch sizes)."""
-    abstract = jax.eval_shape(lambda: detector.init_variables(model, jax.random.key(0), (128, 128)))
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if name.endswith(("scale", "var")):
-            return np.ones(x.shape, np.float32)
-        if name.endswith(("bias", "mean")):
-            return np.zeros(x.shape, np.float32)
-        std = 3.0 if "predictors_0/conv_cls" in name else 0.1
-        return rng.normal(0, std, x.shape).astype(np.float32)
-    return jax.tree_util.tree_map_with_path(leaf, abstract)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     cfg = tiny_config(root / "data")
-    model = detector.build_model(cfg)
-    variables = random_variables(model)
+    variables = random_variables(cfg)
     work = str(root / "run")
     checkpoints.save_variables(work, 3, variables, cfg)
     checkpoints.save_variables(work, 7, variables, cfg)

@@ -101,17 +101,23 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(shared, tmp_path):
     np.testing.assert_allclose([resumed[s] for s in after], [reference[s] for s in after], rtol=1e-6)
 
 
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(shared, tmp_path):
-    workdir = str(tmp_path / "preempted")
+def _stop_mid_run(shared, workdir, signum):
+    """Start a long run, send `signum` once it has reported a step -> (exit code, stderr)."""
     proc = subprocess.Popen(_command(shared, workdir, 10_000, "--config.checkpoint_every_steps=100000"), cwd=ROOT,
                             env=_env(shared), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "train_metrics.jsonl")
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not os.path.exists(metrics):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-2000:]
+    return proc.returncode, stderr
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(shared, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    returncode, stderr = _stop_mid_run(shared, workdir, signal.SIGTERM)
+    assert returncode == 0, stderr[-2000:]
     saved = checkpoints.available_steps(workdir)
     assert len(saved) == 1 and 0 < saved[0] < 10_000
     step, variables = checkpoints.restore_variables(workdir)
@@ -131,15 +137,8 @@ def test_nan_loss_stops_the_run_naming_the_step(shared, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(shared, tmp_path):
     workdir = str(tmp_path / "interrupted")
-    proc = subprocess.Popen(_command(shared, workdir, 10_000, "--config.checkpoint_every_steps=100000"), cwd=ROOT,
-                            env=_env(shared), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = os.path.join(workdir, "train_metrics.jsonl")
-    deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None and not os.path.exists(metrics):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 130, stderr[-2000:]
+    returncode, stderr = _stop_mid_run(shared, workdir, signal.SIGINT)
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "stopped by signal" in stderr
     saved = checkpoints.available_steps(workdir)
     assert len(saved) == 1 and max(_losses(workdir)) == saved[0]

@@ -160,4 +160,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = unknown_override(config, argv)
         if message:
             sys.exit(f"error: {message}")
-    return flags.FLAGS(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:       # a missing, unknown or malformed flag: one line, like every other user mistake
+        sys.exit(f"error: {e} (--helpfull lists every flag)")

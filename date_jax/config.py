@@ -196,6 +196,15 @@ def tiny_model_config(num_classes: int = 3, o2o: str = "point", o2m: str = "fcos
     return model
 
 
+def reference_evaluation(config: ConfigDict) -> ConfigDict:
+    """Evaluate exactly as the reference does (SPEC §D): float32 compute, each image padded to a multiple of 32 of its
+    own size, one image per batch. Changes nothing else (for the released weights, docs/pretrained.md)."""
+    config.dtype = "float32"
+    config.data.bucket_divisor = 32
+    config.data.eval_batch_size = 1
+    return config
+
+
 def use_3x_schedule(config: ConfigDict) -> ConfigDict:
     """36 epochs with the DETR-style multi-scale + crop pipeline, decays after epochs 24 and 33 (SPEC §2.3-2.4)."""
     config.data.pipeline = "3x"

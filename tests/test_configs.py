@@ -54,3 +54,19 @@ def test_train_py_rejects_unknown_key_with_valid_keys():
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "Unknown config key 'optim.lr'" in result.stderr and "base_lr" in result.stderr
+
+
+def test_reference_evaluation_changes_only_dtype_padding_and_batch():
+    from flax import traverse_util
+
+    from date_jax import config as config_lib
+
+    for name in ("date_r50_fcos_1x_coco.py", "date_r50_retina_crowdhuman.py"):
+        config = cli.load_config_file(os.path.join(ROOT, "configs", name))
+        before = traverse_util.flatten_dict(config.to_dict())
+        after = traverse_util.flatten_dict(config_lib.reference_evaluation(config).to_dict())
+        reference = {("dtype",): "float32", ("data", "bucket_divisor"): 32, ("data", "eval_batch_size"): 1}
+        assert set(after) == set(before)
+        assert {k for k in before if before[k] != after[k]} <= set(reference)
+        assert {k: after[k] for k in reference} == reference
+        assert before[("data", "bucket_divisor")] != 32 and before[("data", "eval_batch_size")] != 1

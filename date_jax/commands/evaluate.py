@@ -17,6 +17,8 @@ flags.DEFINE_string("step", "latest", "Checkpoint step to evaluate: a number, 'l
 flags.DEFINE_bool("watch", False, "Keep evaluating new checkpoints as training writes them.")
 flags.DEFINE_float("watch_interval", 60.0, "Seconds between looks for new checkpoints with --watch.")
 flags.DEFINE_float("watch_timeout", 3600.0, "With --watch, stop after this many seconds without a new checkpoint.")
+flags.DEFINE_bool("reference", False, "Evaluate exactly as the reference code does: float32, each image padded to a "
+                  "multiple of 32, batch 1 (config.reference_evaluation); for released PyTorch weights.")
 cli.define_distributed_flags()
 flags.mark_flags_as_required(["workdir"])
 
@@ -25,10 +27,13 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {argv[1:]}")
     from date_jax import checkpoints
+    from date_jax import config as config_lib
     from date_jax.data import synthetic
     from date_jax.evaluation import run
 
     config = FLAGS.config if FLAGS.config is not None else checkpoints.load_config(FLAGS.workdir)
+    if FLAGS.reference:
+        config = config_lib.reference_evaluation(config.copy_and_resolve_references())
     if config.data.source == "synthetic":
         synthetic.ensure_synthetic_dataset_from_config(config.data)
     results = run.evaluate_workdir(config, FLAGS.workdir, FLAGS.step, watch=FLAGS.watch,

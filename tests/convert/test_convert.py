@@ -10,6 +10,7 @@ from flax import traverse_util
 
 from date_jax import config as config_lib
 from date_jax.convert import mmdet, pretrained, torch_pickle
+from date_jax.models import detector
 from tools.make_torch_fixtures import backbone_key_shapes, fixture_model_config, official_key_shapes
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
@@ -49,7 +50,7 @@ def test_official_keys_convert_to_exactly_the_model_tree(name):
     config = VARIANTS[name]
     state_dict = _random_state_dict(official_key_shapes(config.model))
     variables = mmdet.state_dict_to_variables(state_dict, config)          # strict: no missing, no unused
-    template = mmdet.variable_shapes(config)
+    template = detector.abstract_variables(config)
     got = {k: v.shape for k, v in traverse_util.flatten_dict(variables).items()}
     want = {k: v.shape for k, v in traverse_util.flatten_dict(template).items()}
     assert got == want
@@ -138,7 +139,7 @@ def test_non_strict_returns_what_fits_and_still_refuses_wrong_shapes():
 def _fresh(config):
     """Stand-in for freshly initialised variables: random arrays shaped like the model's (no compile needed)."""
     rng = np.random.default_rng(1)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), mmdet.variable_shapes(config))
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), detector.abstract_variables(config))
 
 
 @pytest.fixture(scope="module")

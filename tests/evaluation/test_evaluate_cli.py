@@ -41,6 +41,7 @@ def workdir(tmp_path_factory):
     work = str(root / "run")
     checkpoints.save_variables(work, 3, variables, cfg)
     checkpoints.save_variables(work, 7, variables, cfg)
+    checkpoints.save_classes(work, list(synthetic.CATEGORIES), [1, 2, 3, 4])     # as training writes them
     return work, cfg
 
 

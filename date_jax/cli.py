@@ -37,9 +37,11 @@ class UserError(Exception):
 
 
 def config_file_path(path: str) -> str:
-    """The file of a `--config` value: a path, or `date_jax:configs/<name>.py` for a config shipped in the package."""
+    """The file of a `--config` value: a path, or `date_jax:configs/<name>.py` for a config shipped in the package
+    (the root `configs/` folder, installed as the subpackage `date_jax.configs`)."""
     if path.startswith(PACKAGE_PREFIX):
-        return str(importlib.resources.files("date_jax") / path[len(PACKAGE_PREFIX):])
+        name = path[len(PACKAGE_PREFIX):].removeprefix("configs/")
+        return str(importlib.resources.files("date_jax.configs") / name)
     return path
 
 

@@ -22,8 +22,10 @@ import ml_collections
 from absl import app, flags
 from absl import logging
 
-# Libraries whose INFO chatter (every checkpoint write, every COCOeval stage) drowns the progress lines.
-CHATTY_LIBRARIES = ("orbax", "faster_coco_eval", "pycocotools", "tensorflow", "etils")
+# Libraries whose INFO chatter (every checkpoint write, every COCOeval stage, JAX's search for a TPU on a host
+# without one) drowns the progress lines: path fragments of the modules that log it.
+CHATTY_LIBRARIES = ("/orbax/", "/faster_coco_eval/", "/pycocotools/", "/tensorflow/", "/etils/",
+                    "/jax/_src/xla_bridge.py")
 
 OVERRIDE_PREFIX = "--config."
 
@@ -82,8 +84,7 @@ class _QuietLibraries(py_logging.Filter):
     """Drop INFO and DEBUG records that come from `CHATTY_LIBRARIES`; warnings and errors pass."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return record.levelno >= py_logging.WARNING or not any(f"/{lib}/" in record.pathname
-                                                                 for lib in CHATTY_LIBRARIES)
+        return record.levelno >= py_logging.WARNING or not any(lib in record.pathname for lib in CHATTY_LIBRARIES)
 
 
 def quiet_library_logs() -> None:

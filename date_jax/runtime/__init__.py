@@ -29,11 +29,25 @@ def cpu_tuning_wanted() -> bool:
     return os.environ.get(SWITCH, "1") != "0" and not cpu_heap.accelerator_expected()
 
 
+def _import_tensorflow_quietly() -> Any:
+    """`import tensorflow` with the C++ start-up lines it prints before any log setting applies (oneDNN, absl's
+    InitializeLog warning) sent to /dev/null; Python errors still surface."""
+    stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+    return tf
+
+
 def configure(tensorflow: bool = True) -> bool:
     """Apply the backend tuning once, before JAX creates its client; returns whether the CPU tuning is on.
     With `tensorflow`, also hide GPUs from TensorFlow (the input pipeline's tf.data must not claim them)."""
     if tensorflow and importlib.util.find_spec("tensorflow") is not None:
-        import tensorflow as tf
+        tf = _import_tensorflow_quietly()
         try:
             tf.config.set_visible_devices([], "GPU")
         except (RuntimeError, ValueError):   # TF already initialised its devices: too late, and harmless here

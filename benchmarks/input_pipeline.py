@@ -1,6 +1,6 @@
 """Input pipeline throughput with the COCO 1x transforms on generated 640x480-ish JPEGs (DESIGN §7: >= 200 img/s/core).
 
-    python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
+    PYTHONPATH=. python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
         [--num_parallel_calls -1] [--out benchmarks/results/input_pipeline.json]
 
 Writes (once, under --workdir) a COCO-format set of JPEGs of COCO's common sizes with natural-image-like statistics
@@ -13,12 +13,9 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -26,7 +23,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from date_jax import config as config_lib  # noqa: E402
 from date_jax import cpu_memory  # noqa: E402
 from date_jax.data import pipeline  # noqa: E402
-from train_step import write_json  # noqa: E402
+from train_step import write_json  # noqa: E402   (benchmarks/, the script's own folder)
 
 COCO_SIZES = ((480, 640), (427, 640), (640, 480), (480, 640), (425, 640), (512, 640), (640, 427), (375, 500))
 

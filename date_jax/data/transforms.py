@@ -73,6 +73,10 @@ class TransformPlan:
     crop: np.ndarray        # int32 [N, 4] (y0, x0, h, w) in the resized frame
     out_hw: np.ndarray      # int32 [N, 2] final (unpadded) size
 
+    def take(self, indices: np.ndarray) -> "TransformPlan":
+        """The plan of the images `indices` (int [M]) in that order."""
+        return TransformPlan(self.flip[indices], self.resize_hw[indices], self.crop[indices], self.out_hw[indices])
+
     def scale(self, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """Resized / original linear factors float32 [N, 2] (h, w) for original sizes [N]."""
         sy = self.resize_hw[:, 0] / heights * self.out_hw[:, 0] / self.crop[:, 2]

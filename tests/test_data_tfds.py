@@ -124,7 +124,7 @@ def test_tfds_batches_equal_json_batches_and_resume_exactly(configs, file_format
     resumed = list(itertools.islice(pipeline.train_batches(tfds_config, start_step=3, process_index=0,
                                                            process_count=1), 1))
     assert len(resumed) == 1 and len(fresh) == steps
-    assert_same_batches(fresh[3:], resumed)          # step 3 is in the second epoch (2 batches per epoch)
+    assert_same_batches(fresh[3:], resumed)          # step 3 lies in a later epoch than step 0
     assert_same_batches(list(pipeline.eval_batches(tfds_config, process_index=1, process_count=2)),
                         list(pipeline.eval_batches(json_config, process_index=1, process_count=2)))
 

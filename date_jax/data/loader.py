@@ -3,10 +3,10 @@
 tf.data serves as an ordered thread pool: one element per example of the plan, each made by `examples.load_example`
 in a worker (deterministic order, no autotuning). The worker hands the example to `_ExampleSink`: its pixels are
 written straight into the example's slot of its batch's image array and its other fields are kept beside it, so images
-never pass through TensorFlow tensors or a stacking copy, and tf.data carries only the row number (carrying the fields
-as tensors cost about a quarter of the pipeline's throughput, benchmarks/README.md). An image that cannot be read is counted once and its slot refilled (training: a
-copy of a readable example of the same batch; evaluation: a zero padding example), so a run never stops on one image
-and every process yields one batch per planned serial.
+never pass through TensorFlow tensors or a stacking copy, and tf.data carries only the row number (fields carried as
+tensors measured slower: benchmarks/README.md). An image that cannot be read is counted once and its slot refilled
+(training: a copy of a readable example of the same batch; evaluation: a zero padding example), so a run never stops
+on one image and every process yields one batch per planned serial.
 """
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 Layout under `root`: annotations/instances_{train,val}.json, train/*.jpg|png, val/*.jpg|png, synthetic.json (the
 parameters it was made with, written first: it marks the folder as this generator's). It is written by an explicit
 step, `prepare` (the drivers, `tools/make_synthetic_dataset.py`), never by loading, and only into a new or empty
-folder or one that already holds a synthetic set. Four classes (circle, square, triangle, cross) in clear colours with some variation,
-12-80 px objects (for 160 px images; sizes scale with `image_size`), 1-8 objects per image with mild overlaps (drawn
-large to small), every tenth image a crowded scene of 10-16 smaller objects. Boxes are the tight bounds of the drawn
-pixels.
+folder or one that already holds a synthetic set. Four classes (circle, square, triangle, cross) in clear colours with
+some variation, 12-80 px objects (for 160 px images; sizes scale with `image_size`), 1-8 objects per image with mild
+overlaps (drawn large to small), every tenth image a crowded scene of 10-16 smaller objects. Boxes are the tight
+bounds of the drawn pixels.
 """
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def _open_source(data: ml_collections.ConfigDict, split_name: str) -> tuple:
     import tensorflow_datasets as tfds
 
     data_dir = data.tfds_data_dir or None
-    prepare = f"`tfds build {data.tfds_name}`{f' --data_dir={data_dir}' if data_dir else ''}"
+    prepare = f"`tfds build {data.tfds_name}{f' --data_dir={data_dir}' if data_dir else ''}`"
     try:
         builder = tfds.builder(data.tfds_name, data_dir=data_dir)
     except Exception as e:   # tfds raises several types for unknown or unprepared names

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from etils import epath
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from date_jax import config as config_lib

@@ -17,10 +17,10 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from date_jax.data import coco, loader, prefetch, synthetic, transforms
 from date_jax.data import buckets as buckets_lib
-from date_jax.data.loader import Batch, Planned
+from date_jax.data import coco, loader, prefetch, synthetic, transforms
 from date_jax.data.issues import DataIssues
+from date_jax.data.loader import Batch, Planned
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ Pixels are resized with OpenCV's bilinear filter (half-pixel centres, no antiali
 from __future__ import annotations
 
 import dataclasses
+
 import ml_collections
 import numpy as np
 

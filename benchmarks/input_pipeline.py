@@ -7,7 +7,8 @@ Writes (once, under --workdir) a COCO-format set of JPEGs of COCO's common sizes
 (shading, texture, noise, shapes; ~130 KB each; COCO's average is ~160 KB), then times `train_batches` (read,
 decode, flip, resize to (1333, 800), pad to a bucket, uint8 batches) after a warm-up. Prints images/s of wall time and
 images per CPU-second of the process (user + system, all threads): the latter is the per-core figure, and stays
-meaningful on a machine shared with other work. `--repeats` windows of `--batches` batches are timed one after another (medians reported).
+meaningful on a machine shared with other work. `--repeats` windows of `--batches` batches are timed one after another
+(medians reported).
 """
 import argparse
 import itertools

@@ -1,32 +1,30 @@
 """Input pipeline throughput with the COCO 1x transforms on generated 640x480-ish JPEGs (DESIGN §7: >= 200 img/s/core).
 
-    python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
+    PYTHONPATH=. python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
         [--num_parallel_calls -1] [--out benchmarks/results/input_pipeline.json]
 
 Writes (once, under --workdir) a COCO-format set of JPEGs of COCO's common sizes with natural-image-like statistics
 (shading, texture, noise, shapes; ~130 KB each; COCO's average is ~160 KB), then times `train_batches` (read,
-decode, flip, resize to (1333, 800), pad to a bucket, uint8 batches) after a warm-up. Prints images/s of wall time and images per CPU-second
-of the process (user + system, all threads): the latter is the per-core figure, and stays meaningful on a machine
-shared with other work. `--repeats` windows of `--batches` batches are timed one after another (medians reported).
+decode, flip, resize to (1333, 800), pad to a bucket, uint8 batches) after a warm-up. Prints images/s of wall time and
+images per CPU-second of the process (user + system, all threads): the latter is the per-core figure, and stays
+meaningful on a machine shared with other work. `--repeats` windows of `--batches` batches are timed one after another
+(medians reported).
 """
 import argparse
 import itertools
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from train_step import write_json  # noqa: E402   (benchmarks/train_step.py, beside this script)
 
 from date_jax import config as config_lib  # noqa: E402
 from date_jax import cpu_memory  # noqa: E402
 from date_jax.data import pipeline  # noqa: E402
-from train_step import write_json  # noqa: E402
 
 COCO_SIZES = ((480, 640), (427, 640), (640, 480), (480, 640), (425, 640), (512, 640), (640, 427), (375, 500))
 

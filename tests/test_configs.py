@@ -26,6 +26,8 @@ def test_every_seed_table_row_has_a_config():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_config_builds_model_and_optimizer_shapes(path):
     config = cli.load_config_file(path)
+    if config.model.num_classes == 0:       # read from the training annotation file at start-up (coco_format.py)
+        config.model.num_classes = 5
     doc = open(path).read()
     assert "Run:" in doc and "python train.py --config configs/" in doc, "docstring must give the run command"
     model = detector.build_model(config)

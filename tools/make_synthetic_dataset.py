@@ -1,15 +1,13 @@
 """Write the synthetic COCO-format shapes data set: python tools/make_synthetic_dataset.py --root data/synthetic
 
-The demo config creates it on first use; this tool makes it ahead of time or with other sizes. Existing sets are kept.
+train.py writes it when a config with data.source='synthetic' starts; this tool makes it ahead of time or with other
+sizes. Existing synthetic sets are kept; a folder that holds anything else is refused.
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from date_jax.data import synthetic  # noqa: E402
+from date_jax.data import synthetic
 
 
 def main() -> None:
@@ -22,7 +20,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=d["seed"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    synthetic.ensure_synthetic_dataset(args.root, args.num_train, args.num_val, args.image_size, args.seed)
+    try:
+        synthetic.ensure_synthetic_dataset(args.root, args.num_train, args.num_val, args.image_size, args.seed)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     print(synthetic.split_paths(args.root, "train")[0], synthetic.split_paths(args.root, "val")[0])
 
 

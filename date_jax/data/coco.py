@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from typing import Callable
 
 import numpy as np
@@ -66,6 +67,15 @@ def check_paths(ann_file: str, image_dir: str) -> None:
         raise FileNotFoundError(f"image folder {image_dir!r} not found; {EXPECTED_LAYOUT}")
 
 
+def _file_size(path: str) -> int | None:
+    """Size in bytes of the regular file `path`, None when there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
 def clean_boxes(xywh: np.ndarray, heights: np.ndarray, widths: np.ndarray, issues: DataIssues,
                 context: str) -> tuple[np.ndarray, np.ndarray]:
     """Apply the box rules to xywh [n,4] of images sized heights/widths [n]; returns (xyxy clipped [n,4], keep [n])."""
@@ -111,11 +121,12 @@ def load_coco_annotations(ann_file: str, image_dir: str, issues: DataIssues, *,
         records.append((int(im["id"]), int(h), int(w), os.path.join(image_dir, name)))
     records.sort(key=lambda r: r[0])    # image-id order, whatever the json's order (the tfds source does the same)
     if check_files:
-        present = [r for r in records if os.path.isfile(r[3])]
-        if len(present) < len(records):
-            missing = next(r[3] for r in records if not os.path.isfile(r[3]))
-            issues.add("missing_image_file", missing, len(records) - len(present))
-        records = present
+        sizes = [_file_size(r[3]) for r in records]
+        for kind, bad in (("missing_image_file", [r[3] for r, n in zip(records, sizes) if n is None]),
+                          ("empty_image_file", [r[3] for r, n in zip(records, sizes) if n == 0])):
+            if bad:
+                issues.add(kind, bad[0], len(bad))
+        records = [r for r, n in zip(records, sizes) if n]
     row_of = {r[0]: i for i, r in enumerate(records)}
 
     all_image_ids = {im.get("id") for im in data["images"]}

@@ -1,11 +1,11 @@
-"""Files on disk -> batches of the DESIGN §4 contract: planned in numpy, decoded and transformed in tf.data.
+"""A data set split -> batches of the DESIGN §4 contract: planned in numpy, loaded example by example (`loader`).
 
 The order of training batches is a function of (config.seed, epoch) only: each epoch's permutation and every image's
 augmentation parameters are drawn in numpy from (seed, epoch) per image index, so output sizes and buckets are known
 before decoding and the batches are lists of image indices. `train_batches(config, start_step=k)` therefore yields
-exactly the k-th and later batches of a fresh run. Every process plans the same global batches and decodes its own
-disjoint slice. tf.data reads, decodes (parallel, deterministic order) and transforms; a bad image is dropped there and
-its slot refilled here, so a run never stops on one.
+exactly the k-th and later batches of a fresh run. Every process plans the same global batches and loads its own
+disjoint slice; an unreadable image is skipped (its slot refilled) and counted once, so a run never stops on one.
+Loading never writes: the synthetic set is made beforehand by `synthetic.prepare`.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from date_jax.data import batching, coco, prefetch, synthetic, transforms
 from date_jax.data import buckets as buckets_lib
-from date_jax.data.batching import Batch
+from date_jax.data import coco, loader, prefetch, synthetic, transforms
 from date_jax.data.issues import DataIssues
+from date_jax.data.loader import Batch, Planned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,20 +45,24 @@ def _split_paths(data: ml_collections.ConfigDict, split: str) -> tuple[str, str]
     return os.path.join(data.root, ann), os.path.join(data.root, images)
 
 
+def _cache_key(data: ml_collections.ConfigDict, split: str) -> tuple:
+    """What identifies a loaded split: the source settings of `config.data`."""
+    return (data.source, data.root, split, data.train_ann, data.train_images, data.val_ann, data.val_images,
+            data.tfds_name, data.tfds_data_dir, data.tfds_train_split, data.tfds_val_split, data.check_files)
+
+
 def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[coco.Annotations, DataIssues]:
     """Records of `split` ('train' | 'val') after the annotation rules (cached per process) and their issue counter."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     data = config.data
-    key = (data.source, data.root, split, data.train_ann, data.train_images, data.val_ann, data.val_images,
-           data.tfds_name, data.tfds_data_dir, data.tfds_train_split, data.tfds_val_split, data.check_files,
-           tuple(data.synthetic.items()))
+    key = _cache_key(data, split)
     if key in _LOADED:
         return _LOADED[key]
     issues = DataIssues(f"{data.source}:{split}")
     if data.source in ("coco", "synthetic"):
         if data.source == "synthetic":
-            synthetic.ensure_synthetic_dataset_from_config(data)
+            synthetic.check_prepared(data.root)
         ann_file, image_dir = _split_paths(data, split)
         records = coco.load_coco_annotations(ann_file, image_dir, issues, check_files=data.check_files)
     elif data.source == "tfds":
@@ -130,9 +134,9 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0, pro
     def epoch_batches(epoch: int, serial: int) -> tuple[int, Iterator[Batch]]:
         """(batches in the epoch, an iterator over those at or after start_step)."""
         plan, batches = epoch_plan(config, records, epoch)
-        planned = [(serial + k, bucket, indices[first:first + local]) for k, (bucket, indices) in enumerate(batches)
-                   if serial + k >= start_step]
-        return len(batches), batching.batches_of(config, records, issues, plan, planned, copy_valid_slot=True)
+        planned = [Planned(serial + k, bucket, indices[first:first + local])
+                   for k, (bucket, indices) in enumerate(batches) if serial + k >= start_step]
+        return len(batches), loader.batches_of(config, records, issues, plan, planned, copy_loaded_slot=True)
 
     lookahead = max(1, config.data.prefetch) + 1
     size, current = epoch_batches(0, serial)
@@ -169,6 +173,28 @@ def eval_batches(config: ml_collections.ConfigDict, *, process_index: int | None
     global_batch = config.data.eval_batch_size
     full, leftovers = buckets_lib.group_into_batches(np.arange(len(records)), shapes, global_batch)
     padded = [(bucket, np.concatenate([idx, np.full(global_batch - len(idx), -1)])) for bucket, idx in leftovers]
-    planned = [(serial, bucket, indices[first:first + local]) for serial, (bucket, indices) in enumerate(full + padded)]
-    yield from batching.batches_of(config, records, issues, plan, planned, copy_valid_slot=False)
+    planned = [Planned(serial, bucket, indices[first:first + local])
+               for serial, (bucket, indices) in enumerate(full + padded)]
+    yield from loader.batches_of(config, records, issues, plan, planned, copy_loaded_slot=False)
     issues.log_summary()
+
+
+def log_issue_summary(config: ml_collections.ConfigDict, split: str = "train") -> str:
+    """At the end of a run: log one line with every data issue of `split` counted so far (each image once), and
+    return it ('' when nothing was wrong or the split was never loaded)."""
+    loaded = _LOADED.get(_cache_key(config.data, split))
+    return loaded[1].log_summary(final=True) if loaded else ""
+
+
+def resolve_num_classes(config: ml_collections.ConfigDict) -> int:
+    """The class count for the model: the training annotations' category count when config.model.num_classes is 0,
+    else config.model.num_classes after checking that it equals that count (ValueError naming both and the fix)."""
+    info = dataset_info(config, "train")
+    found, configured = len(info.category_ids), int(config.model.num_classes)
+    where = info.ann_file or f"tfds {config.data.tfds_name}"
+    if found == 0:
+        raise ValueError(f"{where} defines no categories; a COCO json lists them under 'categories'")
+    if configured not in (0, found):
+        raise ValueError(f"config.model.num_classes={configured} but {where} has {found} categories; pass "
+                         f"--config.model.num_classes={found} (or 0 to read it from the annotation file)")
+    return found

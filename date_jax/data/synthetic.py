@@ -1,10 +1,12 @@
 """A deterministic COCO-format data set of coloured shapes on textured backgrounds, for the demo and for tests.
 
 Layout under `root`: annotations/instances_{train,val}.json, train/*.jpg|png, val/*.jpg|png, synthetic.json (the
-parameters it was made with). Four classes (circle, square, triangle, cross) in clear colours with some variation,
-12-80 px objects (for 160 px images; sizes scale with `image_size`), 1-8 objects per image with mild overlaps (drawn
-large to small), every tenth image a crowded scene of 10-16 smaller objects. Boxes are the tight bounds of the drawn
-pixels.
+parameters it was made with, written first: it marks the folder as this generator's). It is written by an explicit
+step, `prepare` (the drivers, `tools/make_synthetic_dataset.py`), never by loading, and only into a new or empty
+folder or one that already holds a synthetic set. Four classes (circle, square, triangle, cross) in clear colours with
+some variation, 12-80 px objects (for 160 px images; sizes scale with `image_size`), 1-8 objects per image with mild
+overlaps (drawn large to small), every tenth image a crowded scene of 10-16 smaller objects. Boxes are the tight
+bounds of the drawn pixels.
 """
 from __future__ import annotations
 
@@ -126,28 +128,51 @@ def _write_split(root: str, split: str, num_images: int, image_size: int, seed: 
     os.replace(tmp, ann_file)     # the json appears last: its presence means the split is complete
 
 
+MARKER = "synthetic.json"
+
+
+def is_complete(root: str) -> bool:
+    """Whether `root` holds a finished synthetic set (its marker and both annotation files)."""
+    return os.path.isfile(os.path.join(root, MARKER)) and all(
+        os.path.isfile(split_paths(root, s)[0]) for s in ("train", "val"))
+
+
+def check_prepared(root: str) -> None:
+    """Raise FileNotFoundError naming the command that writes the set, unless `root` holds a finished one."""
+    if not is_complete(root):
+        raise FileNotFoundError(f"no synthetic data set in {root!r}; train.py writes it on start, or run "
+                                f"`python tools/make_synthetic_dataset.py --root {root}`")
+
+
 def ensure_synthetic_dataset(root: str, num_train: int, num_val: int, image_size: int, seed: int) -> None:
-    """Write the synthetic set under `root` unless its annotation files already exist."""
+    """Write the synthetic set under `root` unless it is there already; a folder holding anything else is refused
+    (ValueError), so generated images never mix with a user's data."""
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    marker = os.path.join(root, "synthetic.json")
-    if all(os.path.isfile(split_paths(root, s)[0]) for s in ("train", "val")):
-        if os.path.isfile(marker):
-            with open(marker) as f:
-                existing = json.load(f)
-            if existing != params:
-                logger.warning("Synthetic data set at %s was made with %s, not %s; using it as it is (delete the "
-                               "folder to regenerate).", root, existing, params)
+    marker = os.path.join(root, MARKER)
+    if os.path.isdir(root) and os.listdir(root) and not os.path.isfile(marker):
+        raise ValueError(f"data.root={root!r} is not empty and holds no synthetic set; synthetic data is only "
+                         f"written to a new or empty folder (for your own COCO-format data use --config "
+                         f"configs/coco_format.py:{root})")
+    if is_complete(root):
+        with open(marker) as f:
+            existing = json.load(f)
+        if existing != params:
+            logger.warning("Synthetic data set at %s was made with %s, not %s; using it as it is (delete the "
+                           "folder to regenerate).", root, existing, params)
         return
     logger.info("Writing the synthetic data set to %s (%s).", root, params)
     os.makedirs(root, exist_ok=True)
+    with open(marker, "w") as f:     # first: an interrupted write is still recognised as this generator's
+        json.dump(params, f)
     _write_split(root, "train", num_train, image_size, seed, first_id=1)
     _write_split(root, "val", num_val, image_size, seed, first_id=1_000_001)
-    with open(marker, "w") as f:
-        json.dump(params, f)
 
 
-def ensure_synthetic_dataset_from_config(data: ml_collections.ConfigDict) -> None:
-    """`ensure_synthetic_dataset` with `config.data.root` and `config.data.synthetic` (0 -> defaults)."""
+def prepare(data: ml_collections.ConfigDict) -> None:
+    """The explicit step before loading: for config.data.source='synthetic', write the set to `config.data.root`
+    with `config.data.synthetic` (0 -> defaults) unless it is there; other sources: nothing."""
+    if data.source != "synthetic":
+        return
     s = data.synthetic
     values = {k: int(s.get(k, 0)) or DEFAULTS[k] for k in ("num_train", "num_val", "image_size")}
     ensure_synthetic_dataset(data.root, seed=int(s.get("seed", DEFAULTS["seed"])), **values)

@@ -1,15 +1,17 @@
 """A prepared tfds detection set (`coco/2017` or anything with its features) as per-image records with random access.
 
 Features used: `image` (encoded), `image/id`, `objects/bbox` (normalised ymin, xmin, ymax, xmax), `objects/label`
-(contiguous), `objects/is_crowd`. Random access (so the batch order is planned exactly as for the json source) needs the
-ArrayRecord file format. Image sizes (from the encoded headers) and objects are scanned once and cached beside the
-prepared data.
+(contiguous), `objects/is_crowd`. Records are read by index, so the batch order is planned exactly as for the json
+source: through tfds's own data source for the random-access formats (ArrayRecord, Parquet), and for tfds's default
+TFRecord files through an index of record offsets made by one pass over the record headers. Image sizes (from the
+encoded headers) and objects are scanned once and cached beside the prepared data.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import struct
 
 import ml_collections
 import numpy as np
@@ -27,30 +29,88 @@ COCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 
                      88, 89, 90)
 
 
+class TFRecordSource:
+    """Records of one split stored in local TFRecord shards, by index, deserialised by the builder's features.
+
+    TFRecord framing: length (uint64 little-endian), its CRC (4 bytes), the record, the record's CRC (4 bytes).
+    """
+
+    def __init__(self, file_instructions: list, features, decoders: dict):
+        self.features, self.decoders = features, decoders
+        self._files: list[str] = []
+        locations = []                               # (file number, offset, length) per record, in split order
+        for instruction in file_instructions:
+            path = os.fspath(instruction.filename)
+            spans = record_spans(path)
+            if len(spans) != instruction.examples_in_shard:
+                raise ValueError(f"{path} holds {len(spans)} records, its tfds metadata says "
+                                 f"{instruction.examples_in_shard}; the prepared files are damaged: prepare the set "
+                                 f"again")
+            take = len(spans) - instruction.skip if instruction.take < 0 else instruction.take
+            locations += [(len(self._files), offset, length)
+                          for offset, length in spans[instruction.skip:instruction.skip + take]]
+            self._files.append(path)
+        self._locations = np.array(locations, np.int64).reshape(-1, 3)
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def __getitem__(self, index: int) -> dict:
+        """The deserialised record `index` (thread-safe: each read opens its file)."""
+        file_number, offset, length = (int(v) for v in self._locations[index])
+        with open(self._files[file_number], "rb") as f:
+            f.seek(offset)
+            record = f.read(length)
+        if len(record) != length:
+            raise OSError(f"{self._files[file_number]} ends inside record {index}")
+        return self.features.deserialize_example_np(record, decoders=self.decoders)
+
+
+def record_spans(path: str) -> list[tuple[int, int]]:
+    """(offset, length) of every record in the TFRecord file `path`, from its length headers alone."""
+    spans, size = [], os.path.getsize(path)
+    with open(path, "rb") as f:
+        position = 0
+        while position < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise ValueError(f"{path} ends inside a record header at byte {position}; prepare the set again")
+            (length,) = struct.unpack("<Q", header[:8])
+            spans.append((position + 12, length))
+            position += 12 + length + 4
+            f.seek(position)
+    if position != size:
+        raise ValueError(f"{path} ends inside its last record; prepare the set again")
+    return spans
+
+
 def _open_source(data: ml_collections.ConfigDict, split_name: str) -> tuple:
     """(builder, random-access source with undecoded images) or a clear error on what to prepare."""
     import tensorflow_datasets as tfds
 
     data_dir = data.tfds_data_dir or None
+    prepare = f"`tfds build {data.tfds_name}{f' --data_dir={data_dir}' if data_dir else ''}`"
     try:
         builder = tfds.builder(data.tfds_name, data_dir=data_dir)
     except Exception as e:   # tfds raises several types for unknown or unprepared names
         raise FileNotFoundError(f"tfds data set {data.tfds_name!r} not found in {data_dir or 'the tfds default dir'}"
-                                f" ({e}); prepare it with `tfds build {data.tfds_name} --file_format=array_record`"
-                                f" or set config.data.tfds_data_dir") from e
+                                f" ({e}); prepare it with {prepare} or set config.data.tfds_data_dir") from e
     if not builder.is_prepared():
         raise FileNotFoundError(f"tfds data set {data.tfds_name!r} is not prepared in {builder.data_dir}; run "
-                                f"`tfds build {data.tfds_name} --file_format=array_record`")
+                                f"{prepare} or set config.data.tfds_data_dir")
     if split_name not in builder.info.splits:
         raise ValueError(f"tfds data set {data.tfds_name!r} has splits {list(builder.info.splits)}, not "
                          f"{split_name!r}; set config.data.tfds_train_split / tfds_val_split")
-    try:
-        source = builder.as_data_source(split_name, decoders={"image": tfds.decode.SkipDecoding()})
-    except Exception as e:
-        raise ValueError(f"tfds data set {data.tfds_name!r} in {builder.data_dir} has no random access ({e}); it "
-                         f"needs the ArrayRecord format: `tfds build {data.tfds_name} --file_format=array_record` "
-                         f"(or convert the prepared files with `tfds convert_format`)") from e
-    return builder, source
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    formats = builder.info.available_file_formats()
+    if formats & tfds.core.FileFormat.with_random_access():
+        return builder, builder.as_data_source(split_name, decoders=decoders)
+    if tfds.core.FileFormat.TFRECORD in formats:
+        return builder, TFRecordSource(builder.info.splits[split_name].file_instructions, builder.info.features,
+                                       decoders)
+    raise ValueError(f"tfds data set {data.tfds_name!r} in {builder.data_dir} is stored as "
+                     f"{sorted(f.value for f in formats)}, which date-jax cannot read by index; convert it with "
+                     f"`tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record`")
 
 
 def _scan(source, cache_file: str, issues: DataIssues) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ Pixels are resized with OpenCV's bilinear filter (half-pixel centres, no antiali
 from __future__ import annotations
 
 import dataclasses
+
 import ml_collections
 import numpy as np
 
@@ -72,6 +73,10 @@ class TransformPlan:
     resize_hw: np.ndarray   # int32 [N, 2] first keep-ratio resize
     crop: np.ndarray        # int32 [N, 4] (y0, x0, h, w) in the resized frame
     out_hw: np.ndarray      # int32 [N, 2] final (unpadded) size
+
+    def take(self, indices: np.ndarray) -> "TransformPlan":
+        """The plan of the images `indices` (int [M]) in that order."""
+        return TransformPlan(self.flip[indices], self.resize_hw[indices], self.crop[indices], self.out_hw[indices])
 
     def scale(self, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """Resized / original linear factors float32 [N, 2] (h, w) for original sizes [N]."""

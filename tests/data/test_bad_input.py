@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from date_jax import config as config_lib
-from date_jax.data import batching, pipeline
+from date_jax.data import codecs, pipeline
+from date_jax.data import issues as issues_lib
 
 SIZE = 64
 
@@ -91,16 +92,15 @@ def test_training_survives_corrupt_gray_and_rgba_images(bad_set, caplog):
         batches = list(itertools.islice(stream, 3))       # one batch per epoch
         stream.close()                                    # joins the thread that assembles the next epoch ahead
     _, issues = pipeline.load_split(config, "train")
-    epochs = issues.counts["unreadable_image"]             # the corrupt image, once per assembled epoch
-    assert epochs in (3, 4)                                # the 3 consumed, and perhaps the one built ahead
-    assert issues.counts["channels_repaired"] == 2 * epochs     # gray + rgba, each epoch
-    assert issues.counts["too_many_boxes"] == epochs
+    assert issues.counts["unreadable_image"] == 1           # the corrupt image: once, though read every epoch
+    assert issues.counts["channels_repaired"] == 2          # gray + rgba
+    assert issues.counts["too_many_boxes"] == 1
     first_lines = [r.getMessage() for r in caplog.records if "further ones are counted" in r.getMessage()]
     assert sum("could not be read" in m for m in first_lines) == 1     # logged once, then only in summaries
     for batch in batches:
         assert batch["image"].shape == (5, SIZE, SIZE, 3) and batch["example_mask"].all()
         ids = batch["image_id"].tolist()
-        assert 4 not in ids or ids.count(4) > 1            # the corrupt slot was refilled with a readable image
+        assert 4 not in ids                                 # the corrupt slot was refilled with a readable image
         for i, j in itertools.combinations(range(len(ids)), 2):
             if ids[i] == ids[j]:                            # ... a copy of its pixels, not leftover memory
                 np.testing.assert_array_equal(batch["image"][i], batch["image"][j])
@@ -145,8 +145,8 @@ def test_decode_gives_rgb_like_pillow_and_reports_stored_channels(mode, fmt, sto
     rgb = np.repeat(np.repeat(rng.integers(0, 255, (4, 5, 3), dtype=np.uint8), 8, 0), 8, 1)   # flat 8x8 cells
     buffer = io.BytesIO()
     Image.fromarray(rgb).convert(mode).save(buffer, fmt, quality=95)
-    image = batching.decode_rgb(buffer.getvalue())
-    channels = batching.stored_channels(buffer.getvalue())
+    image = codecs.decode_rgb(buffer.getvalue())
+    channels = codecs.stored_channels(buffer.getvalue())
     expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), np.float64)
     assert int(channels) == stored and image.shape == expected.shape
     assert np.abs(image - expected).mean() < 2.0
@@ -171,5 +171,65 @@ def test_stored_channels_from_headers_match_pillows_bands(mode, fmt, options):
         buffer, fmt, **options)
     with Image.open(io.BytesIO(buffer.getvalue())) as image:
         bands = len(image.getbands())
-    assert batching.stored_channels(buffer.getvalue()) == bands
-    assert batching.stored_channels(buffer.getvalue()[:6]) == 3     # a truncated stream: OpenCV's 3 channels
+    assert codecs.stored_channels(buffer.getvalue()) == bands
+    assert codecs.stored_channels(buffer.getvalue()[:6]) == 3     # a truncated stream: OpenCV's 3 channels
+
+
+@pytest.fixture()
+def empty_file_set(tmp_path):
+    """Three readable images and one zero-byte file with four boxes."""
+    (tmp_path / "images").mkdir()
+    names = ["a.jpg", "b.jpg", "empty.jpg", "c.jpg"]
+    for seed, name in enumerate(names):
+        if name == "empty.jpg":
+            (tmp_path / "images" / name).write_bytes(b"")
+        else:
+            write_image(tmp_path / "images" / name, seed=seed)
+    images = [dict(id=i + 1, file_name=n, height=SIZE, width=SIZE) for i, n in enumerate(names)]
+    anns = [dict(id=len(images) * k + i + 1, image_id=i + 1, category_id=1, bbox=[4 + 10 * k, 4, 8, 8], area=64,
+                 iscrowd=0) for i in range(len(names)) for k in range(4)]
+    (tmp_path / "annotations").mkdir()
+    with open(tmp_path / "annotations" / "set.json", "w") as f:
+        json.dump(dict(images=images, annotations=anns, categories=[dict(id=1, name="a")]), f)
+    c = config_lib.base_config()
+    c.data.update(source="coco", root=str(tmp_path), train_ann="annotations/set.json", train_images="images",
+                  val_ann="annotations/set.json", val_images="images", train_short_sizes=(SIZE,), max_size=SIZE,
+                  test_short_size=SIZE, bucket_divisor=SIZE, batch_size=2, eval_batch_size=2, prefetch=1)
+    return c
+
+
+def test_zero_byte_image_is_skipped_at_start_up_and_counted(empty_file_set):
+    records, issues = pipeline.load_split(empty_file_set, "train")
+    assert sorted(records.image_ids.tolist()) == [1, 2, 4]
+    assert issues.counts["empty_image_file"] == 1 and pipeline.dataset_info(empty_file_set, "train").num_images == 3
+
+
+def test_zero_byte_image_is_never_trained_and_counted_once_per_image(empty_file_set, caplog):
+    config = empty_file_set
+    config.data.check_files = False           # not caught at start-up: it must be caught where it is read
+    stream = pipeline.train_batches(config, process_index=0, process_count=1)
+    batches = list(itertools.islice(stream, 6))                         # three epochs of two batches
+    stream.close()
+    ids = np.concatenate([b["image_id"] for b in batches]).tolist()
+    assert 3 not in ids and {1, 2, 4} <= set(ids)
+    for batch in batches:
+        for image, shape in zip(batch["image"], batch["image_shape"]):
+            assert image[:shape[0], :shape[1]].std() > 20                # every trained image has its pixels
+    _, issues = pipeline.load_split(config, "train")
+    assert issues.counts["unreadable_image"] == 1                       # one image, read in every epoch
+    with caplog.at_level(logging.WARNING, logger="date_jax.data"):
+        line = pipeline.log_issue_summary(config)
+    assert line == f"1 {issues_lib.KINDS['unreadable_image']}"
+    assert any("data issues in this run" in r.getMessage() and line in r.getMessage() for r in caplog.records)
+
+
+def test_zero_byte_image_in_validation_is_padding_and_counted_once(empty_file_set):
+    config = empty_file_set
+    config.data.check_files = False
+    for _ in range(2):                                                  # two evaluations of one run
+        batches = list(pipeline.eval_batches(config, process_index=0, process_count=1))
+        valid = np.concatenate([b["image_id"][b["example_mask"]] for b in batches])
+        assert sorted(valid.tolist()) == [1, 2, 4]
+        assert not np.concatenate([b["image"][~b["example_mask"]] for b in batches]).any()
+    _, issues = pipeline.load_split(config, "val")
+    assert issues.counts["unreadable_image"] == 1

@@ -1,11 +1,16 @@
-"""The synthetic shapes set: deterministic, COCO-format, real image files, written once, with tight boxes."""
+"""The synthetic shapes set: deterministic, COCO-format, real image files, written once by an explicit step, with
+tight boxes, and never into a folder that holds anything else."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from date_jax.data import synthetic
+from date_jax import config as config_lib
+from date_jax.data import pipeline, synthetic
 
 
 def load(root, split):
@@ -71,3 +76,40 @@ def test_contents_are_a_learnable_detection_set(tmp_path):
             assert not is_shape[y:y + h, x - 1].any() and not is_shape[y:y + h, x + w].any()
             checked += 1
     assert checked >= 5
+
+
+def test_refuses_a_folder_that_holds_anything_else(tmp_path):
+    user = tmp_path / "my_coco"
+    (user / "annotations").mkdir(parents=True)
+    (user / "annotations" / "instances_train.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"my_coco.*not empty.*configs/coco_format.py"):
+        synthetic.ensure_synthetic_dataset(str(user), num_train=3, num_val=2, image_size=64, seed=0)
+    assert sorted(p.name for p in user.rglob("*")) == ["annotations", "instances_train.json"]   # nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    synthetic.ensure_synthetic_dataset(str(empty), num_train=3, num_val=2, image_size=64, seed=0)
+    assert synthetic.is_complete(str(empty))
+
+
+def test_written_by_prepare_never_by_loading(tmp_path):
+    config = config_lib.base_config()
+    config.data.update(source="synthetic", root=str(tmp_path / "shapes"))
+    config.data.synthetic.update(num_train=3, num_val=2, image_size=64)
+    with pytest.raises(FileNotFoundError, match="make_synthetic_dataset.py --root .*shapes"):
+        pipeline.dataset_info(config, "train")
+    assert not (tmp_path / "shapes").exists()
+    synthetic.prepare(config.data)
+    assert pipeline.dataset_info(config, "train").num_images == 3
+    coco_config = config_lib.base_config()
+    coco_config.data.root = str(tmp_path / "nothing")
+    synthetic.prepare(coco_config.data)                  # another source: nothing is written
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_make_synthetic_dataset_tool_refuses_with_one_line(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "tools/make_synthetic_dataset.py", "--root", str(tmp_path)], cwd=root,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "error: data.root=" in result.stderr

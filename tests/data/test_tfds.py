@@ -1,16 +1,17 @@
-"""The tfds source on a tiny prepared data set with coco/2017's features: the same batches as its COCO-json twin."""
+"""The tfds source on a tiny prepared data set with coco/2017's features, in tfds's default TFRecord format and in
+ArrayRecord: the same batches as its COCO-json twin, and exact resume."""
 import itertools
 import json
 
 import numpy as np
 import pytest
-from etils import epath
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from date_jax import config as config_lib
-from date_jax.data import pipeline
+from date_jax.data import pipeline, tfds_source
 
 NAMES = ["cat", "dog", "bird"]
 # image id, (h, w), [(x, y, w, h, label, crowd), ...]
@@ -72,6 +73,8 @@ def configs(tmp_path_factory):
                        categories=[dict(id=i + 1, name=n) for i, n in enumerate(NAMES)]), f)
     data_dir = str(root / "tfds")
     TinyCocoLike(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    tfrecord_dir = str(root / "tfds_default")
+    TinyCocoLike(data_dir=tfrecord_dir).download_and_prepare()         # tfds's default file format
 
     json_config = config_lib.base_config()
     json_config.data.update(source="coco", root=str(root), train_ann="annotations/all.json", train_images="images",
@@ -81,7 +84,10 @@ def configs(tmp_path_factory):
     tfds_config = config_lib.base_config()
     tfds_config.data = json_config.data.copy_and_resolve_references()
     tfds_config.data.update(source="tfds", tfds_name="tiny_coco_like", tfds_data_dir=data_dir)
-    return json_config, tfds_config
+    tfrecord_config = config_lib.base_config()
+    tfrecord_config.data = tfds_config.data.copy_and_resolve_references()
+    tfrecord_config.data.tfds_data_dir = tfrecord_dir
+    return json_config, tfds_config, tfrecord_config
 
 
 def assert_same_batches(a, b):
@@ -92,8 +98,10 @@ def assert_same_batches(a, b):
         np.testing.assert_allclose(x["scale"], y["scale"], rtol=1e-6)
 
 
-def test_tfds_info_matches_the_json_twin(configs):
-    json_config, tfds_config = configs
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_tfds_info_matches_the_json_twin(configs, file_format):
+    json_config, array_record_config, tfrecord_config = configs
+    tfds_config = tfrecord_config if file_format == "tfrecord" else array_record_config
     info = pipeline.dataset_info(tfds_config, "train")
     assert info.num_images == 4 and info.ann_file == ""
     assert info.category_names == tuple(NAMES) and info.category_ids == (1, 2, 3)
@@ -105,20 +113,55 @@ def test_tfds_info_matches_the_json_twin(configs):
         np.testing.assert_allclose(got, want, atol=1e-3)
 
 
-def test_tfds_batches_equal_json_batches(configs):
-    json_config, tfds_config = configs
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_tfds_batches_equal_json_batches_and_resume_exactly(configs, file_format):
+    json_config, array_record_config, tfrecord_config = configs
+    tfds_config = tfrecord_config if file_format == "tfrecord" else array_record_config
     steps = 4
     fresh = list(itertools.islice(pipeline.train_batches(tfds_config, process_index=0, process_count=1), steps))
     assert_same_batches(fresh, itertools.islice(pipeline.train_batches(json_config, process_index=0,
                                                                        process_count=1), steps))
+    resumed = list(itertools.islice(pipeline.train_batches(tfds_config, start_step=3, process_index=0,
+                                                           process_count=1), 1))
+    assert len(resumed) == 1 and len(fresh) == steps
+    assert_same_batches(fresh[3:], resumed)          # step 3 lies in a later epoch than step 0
     assert_same_batches(list(pipeline.eval_batches(tfds_config, process_index=1, process_count=2)),
                         list(pipeline.eval_batches(json_config, process_index=1, process_count=2)))
 
 
+def test_tfrecord_index_reads_the_records_tfds_reads(configs):
+    """Every record read by offset from the TFRecord shards equals the one tfds's ArrayRecord source returns."""
+    _, array_record_config, tfrecord_config = configs
+    _, by_offset = tfds_source._open_source(tfrecord_config.data, "train")
+    _, by_tfds = tfds_source._open_source(array_record_config.data, "train")
+    assert isinstance(by_offset, tfds_source.TFRecordSource) and len(by_offset) == len(by_tfds) == len(SCENES)
+    for i in range(len(SCENES)):
+        a, b = by_offset[i], by_tfds[i]
+        assert a["image"] == b["image"] and int(a["image/id"]) == int(b["image/id"])
+        np.testing.assert_array_equal(a["objects"]["bbox"], b["objects"]["bbox"])
+        np.testing.assert_array_equal(a["objects"]["label"], b["objects"]["label"])
+
+
+def test_record_spans_from_a_tensorflow_writer_and_a_truncated_file(tmp_path):
+    path = str(tmp_path / "x.tfrecord")
+    payloads = [b"", b"a", b"x" * 300]
+    with tf.io.TFRecordWriter(path) as writer:
+        for payload in payloads:
+            writer.write(payload)
+    spans = tfds_source.record_spans(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    assert [data[offset:offset + length] for offset, length in spans] == payloads
+    with open(path, "wb") as f:
+        f.write(data[:-7])
+    with pytest.raises(ValueError, match="x.tfrecord ends inside its last record; prepare the set again"):
+        tfds_source.record_spans(path)
+
+
 def test_unprepared_tfds_name_says_what_to_run(configs, tmp_path):
-    _, tfds_config = configs
+    _, tfds_config, _ = configs
     config = config_lib.base_config()
     config.data = tfds_config.data.copy_and_resolve_references()
     config.data.tfds_data_dir = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="tfds build tiny_coco_like --file_format=array_record"):
+    with pytest.raises(FileNotFoundError, match=f"tfds build tiny_coco_like --data_dir={tmp_path}"):
         pipeline.dataset_info(config, "train")

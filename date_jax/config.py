@@ -14,7 +14,7 @@ ConfigDict = ml_collections.ConfigDict
 def model_config() -> ConfigDict:
     """DATE-R50-F as released: caffe ResNet-50, FPN P3-P7 with 256 channels, 4-conv GN towers, POTO o2o + FCOS o2m."""
     return ConfigDict(dict(
-        num_classes=80,
+        num_classes=80,             # 0 -> read from the training annotation file; otherwise checked against it
         strides=(8, 16, 32, 64, 128),
         backbone=dict(
             depth=50,               # 18 | 34 | 50 | 101 (ResNet) ; stage_blocks overrides the block counts

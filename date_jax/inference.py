@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from date_jax import checkpoints, decode, draw
-from date_jax.data import buckets, transforms
+from date_jax.data import examples
 from date_jax.models import detector
 from date_jax.predictor import Predictor
 
@@ -37,7 +37,6 @@ class Detector:
         if len(self.category_names) != num_classes or len(self.category_ids) != num_classes:
             raise ValueError(f"{len(self.category_names)} class names and {len(self.category_ids)} category ids "
                              f"given for a model of {num_classes} classes")
-        self._scales = transforms.scales_from_config(config.data)
         self._predictor = Predictor(config).load(variables)
         self.model = self._predictor.model
 
@@ -53,18 +52,8 @@ class Detector:
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 [h, w, 3] -> (padded batch-1 image [1, H, W, 3], image_shape [1, 2], scale [1, 2])."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"predict expects uint8 RGB images [H, W, 3]; got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
-        plan = transforms.plan_test(np.array([h]), np.array([w]), self._scales)
-        out_hw = plan.out_hw[0]
-        bucket = buckets.bucket_shapes(out_hw[None], self._scales.test_short, self._scales.max_size,
-                                       self.config.data.bucket_divisor)[0]
-        padded = transforms.transform_image(np.ascontiguousarray(image), False, plan.resize_hw[0], plan.crop[0],
-                                            out_hw, bucket)[None]
-        scale = (out_hw / np.array([h, w], np.float32)).astype(np.float32)
-        return padded, out_hw[None].astype(np.int32), scale[None]
+        padded, image_shape, scale = examples.prepare_image(image, self.config.data)
+        return padded[None], image_shape[None], scale[None]
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray], score_thr: float = 0.0,
                 batch_size: int = 8) -> dict[str, Any] | list[dict[str, Any]]:

@@ -34,8 +34,7 @@ def _main(argv: list[str]) -> None:
     config = FLAGS.config if FLAGS.config is not None else checkpoints.load_config(FLAGS.workdir)
     if FLAGS.reference:
         config = config_lib.reference_evaluation(config.copy_and_resolve_references())
-    if config.data.source == "synthetic":
-        synthetic.ensure_synthetic_dataset_from_config(config.data)
+    synthetic.prepare(config.data)
     results = run.evaluate_workdir(config, FLAGS.workdir, FLAGS.step, watch=FLAGS.watch,
                                    watch_interval_s=FLAGS.watch_interval, watch_timeout_s=FLAGS.watch_timeout)
     for step, metrics in sorted(results.items()):

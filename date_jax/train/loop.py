@@ -205,9 +205,9 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, setup.
     sharding.log_layout(mesh)
     sharding.check_batch_divisible(config.data.batch_size, mesh)
     enable_compilation_cache(workdir)
+    synthetic.prepare(config.data)
+    config.model.num_classes = pipeline.resolve_num_classes(config)    # checked against (or read from) the data
     checkpoints.save_config(workdir, config)
-    if config.data.source == "synthetic":
-        synthetic.ensure_synthetic_dataset_from_config(config.data)
     train_info = pipeline.dataset_info(config, "train")
     checkpoints.save_classes(workdir, list(train_info.category_names), list(train_info.category_ids))
     num_train_images = config.data.num_train_images or train_info.num_images
@@ -272,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     finally:
         evaluation.close()
         batches.close()
+        pipeline.log_issue_summary(config, "train")
         preemption.uninstall()
         manager.wait_until_finished()
         writer.flush()

@@ -105,7 +105,7 @@ def test_end_to_end_all_steps(workdir, cli_run):
 
 
 def test_python_api_matches_evaluate_output(workdir, cli_run):
-    from date_jax.data.batching import decode_rgb
+    from date_jax.data.codecs import decode_rgb
     from date_jax.inference import Detector
 
     work, cfg = workdir

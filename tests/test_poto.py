@@ -272,7 +272,8 @@ def test_crowded_scenes_match_scipy_where_determined():
         _, group = np.unique(np.concatenate([gts, labels[:, None]], 1), axis=0, return_inverse=True)
         for g in np.unique(group):
             members = group.ravel() == g
-            np.testing.assert_array_equal(np.sort(ours[members & inside_ours]), np.sort(reference[members & inside_ref]))
+            np.testing.assert_array_equal(np.sort(ours[members & inside_ours]),
+                                          np.sort(reference[members & inside_ref]))
         in_any_prior = (full > -1).any(1)
         assert not in_any_prior[ours[~inside_ours]].any() and not in_any_prior[reference[~inside_ref]].any()
         np.testing.assert_array_equal(np.sort(ours[~inside_ours]), np.arange((~inside_ours).sum()))

@@ -8,8 +8,9 @@ valid ground truth.
 Exact reduction (why solving on a few candidate points gives an optimum of the full N x G problem).
 (1) Top-G lemma. Let T_g be any G points whose qualities for g are >= the quality for g of every point outside T_g.
     Take an optimal matching in which some g is matched to a point n outside T_g. The other G - 1 ground truths occupy
-    at most G - 1 points, so some n' in T_g is free; moving g to n' changes the total by q[n', g] - q[n, g] >= 0. Each
-    move lowers the number of ground truths matched outside their T_g, so an optimal matching exists inside U = union T_g.
+    at most G - 1 points, so some n' in T_g is free; moving g to n' changes the total by q[n', g] - q[n, g] >= 0.
+    Each move lowers the number of ground truths matched outside their T_g, so an optimal matching exists inside
+    U = union T_g.
 (2) Where T_g lives. Strides are powers of two, so a = cx / s is exact in floating point, and so are r s (2 r is an
     integer) and the point coordinates x = (j + 0.5) s. With f = floor(a), the prior needs x > fl(cx - r s) and
     x < fl(cx + r s); as f s <= cx < (f + 1) s and rounding is monotone, fl(cx - r s) >= (f - r) s and
@@ -49,7 +50,7 @@ Array = jax.Array
 
 
 def centre_prior(points: Array, strides: Array, gt_boxes: Array, radius: float) -> Array:
-    """Point strictly inside the centre region of a gt: points [..., 2], strides [...], gt_boxes [..., 4] -> bool [...]."""
+    """Point strictly inside the centre region of a gt: points [..., 2], strides [...], boxes [..., 4] -> [...] bool."""
     centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
     half = radius * strides[..., None]
     low = jnp.maximum(centre - half, gt_boxes[..., :2])

@@ -45,7 +45,7 @@ def synthetic_scenes(num_images: int, seed: int = 0, max_boxes: int = 20) -> tup
         h, w = pixels.shape[:2]
         new_h, new_w = rescale_size(np.array(h), np.array(w), 128, 160)
         xywh = np.asarray([box for box, _ in objects], np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1) * [new_w / w, new_h / h] * 2
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1) * np.tile([new_w / w, new_h / h], 2)
         scenes.append(boxes[:max_boxes])
     return (160, 160), scenes
 
@@ -64,7 +64,7 @@ def coco_like_scenes(num_images: int, rng: np.random.Generator,
         centre = rng.uniform([0, 0], [w, h], (count, 2))
         boxes = np.clip(np.concatenate([centre - size / 2, centre + size / 2], 1), 0, [w, h, w, h])
         boxes = boxes[np.all(boxes[:, 2:] - boxes[:, :2] >= 1, axis=1)]
-        scenes.append(boxes * [new_w / w, new_h / h] * 2)
+        scenes.append(boxes * np.tile([new_w / w, new_h / h], 2))
     bucket = (priors.padded_size(int(new_h), 128), priors.padded_size(int(new_w), 128))
     return bucket, scenes
 

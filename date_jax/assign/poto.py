@@ -29,7 +29,9 @@ Exact reduction (why solving on a few candidate points gives an optimum of the f
     column, among equal reduced costs; with the filler first and in point order, the lowest free candidate column is
     the lowest-index free point (at most G - 1 of the points 0..G-1 are taken, so that point is in the filler). Listing
     the windows first would instead put such a ground truth on a free window point of another ground truth: a positive
-    beside another object, with this one's class and box.
+    beside another object, with this one's class and box. A ground truth pushed out of its prior by a later one also
+    gets the lowest free point here; scipy may give it a higher free point (its search reorders the columns it has
+    visited), an equally optimal choice.
 The restricted matrix is exactly a sub-matrix of the full one: by (2) the only entries >= 0 of column g are at
 points of g's window, whose qualities are already computed from the full definition; every other entry is -1. So the
 window qualities are scattered to the candidates' columns over a matrix of -1 (no quality is recomputed).

@@ -8,18 +8,30 @@ valid ground truth.
 Exact reduction (why solving on a few candidate points gives an optimum of the full N x G problem).
 (1) Top-G lemma. Let T_g be any G points whose qualities for g are >= the quality for g of every point outside T_g.
     Take an optimal matching in which some g is matched to a point n outside T_g. The other G - 1 ground truths occupy
-    at most G - 1 points, so some n' in T_g is free; moving g to n' changes the total by q[n', g] - q[n, g] >= 0. Each
-    move lowers the number of ground truths matched outside their T_g, so an optimal matching exists inside U = union T_g.
+    at most G - 1 points, so some n' in T_g is free; moving g to n' changes the total by q[n', g] - q[n, g] >= 0.
+    Each move lowers the number of ground truths matched outside their T_g, so an optimal matching exists inside
+    U = union T_g.
 (2) Where T_g lives. Strides are powers of two, so a = cx / s is exact in floating point, and so are r s (2 r is an
     integer) and the point coordinates x = (j + 0.5) s. With f = floor(a), the prior needs x > fl(cx - r s) and
     x < fl(cx + r s); as f s <= cx < (f + 1) s and rounding is monotone, fl(cx - r s) >= (f - r) s and
     fl(cx + r s) <= (f + 1 + r) s, so only j - f in [floor(-r - 0.5) + 1, ceil(r + 0.5) - 1] can qualify ({-1, 0, 1}
     for r = 1.5), and the same for rows. So every prior point of g is in its window (3 x 3 points per level, W = 9 L
     for r = 1.5). All prior points score >= 0 > -1, hence the min(G, W) best window points followed by any points
-    outside the prior form a valid T_g. The candidate list is therefore: every ground truth's min(G, W) best window
-    points, plus a filler of min(G, N) distinct points (which supply the -1 points a T_g may need:
-    |filler minus prior_g| >= G - |prior_g|).
+    outside the prior form a valid T_g. The candidate list is therefore: a filler of the min(G, N) lowest-index points
+    (which supply the -1 points a T_g may need: |filler minus prior_g| >= G - |prior_g|), then every ground truth's
+    min(G, W) best window points. The order of the list does not change the candidate set, hence not (1).
     Repeated points in the list are handled by `matching.assign_on_candidates`.
+(3) Which -1 point. A ground truth whose prior holds no free point (a box too small to hold one, or a prior whose
+    points all serve others) is matched outside its prior, at quality -1 on every free point: all of them are optimal.
+    scipy's `linear_sum_assignment` on the full matrix (the reference) gives a ground truth with an empty prior the
+    lowest-index point that is free when it is solved (its search takes the lowest free column among equal reduced
+    costs), usually the top-left P3 location, background. The solver here prefers a free column, then the lowest
+    column, among equal reduced costs; with the filler first and in point order, the lowest free candidate column is
+    the lowest-index free point (at most G - 1 of the points 0..G-1 are taken, so that point is in the filler). Listing
+    the windows first would instead put such a ground truth on a free window point of another ground truth: a positive
+    beside another object, with this one's class and box. A ground truth pushed out of its prior by a later one also
+    gets the lowest free point here; scipy may give it a higher free point (its search reorders the columns it has
+    visited), an equally optimal choice.
 The restricted matrix is exactly a sub-matrix of the full one: by (2) the only entries >= 0 of column g are at
 points of g's window, whose qualities are already computed from the full definition; every other entry is -1. So the
 window qualities are scattered to the candidates' columns over a matrix of -1 (no quality is recomputed).
@@ -40,7 +52,7 @@ Array = jax.Array
 
 
 def centre_prior(points: Array, strides: Array, gt_boxes: Array, radius: float) -> Array:
-    """Point strictly inside the centre region of a gt: points [..., 2], strides [...], gt_boxes [..., 4] -> bool [...]."""
+    """Point strictly inside the centre region of a gt: points [..., 2], strides [...], boxes [..., 4] -> [...] bool."""
     centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
     half = radius * strides[..., None]
     low = jnp.maximum(centre - half, gt_boxes[..., :2])
@@ -104,7 +116,7 @@ def poto_assign(cls_logits: Array, pred_boxes: Array, gt_boxes: Array, gt_labels
         _, best = jax.lax.top_k(window_quality, keep)
         chosen = jnp.take_along_axis(window, best, axis=1)
     filler = jnp.arange(min(num_gts, num_points), dtype=chosen.dtype)
-    candidates = jnp.concatenate([chosen.reshape(-1), filler])                          # [K]
+    candidates = jnp.concatenate([filler, chosen.reshape(-1)])       # [K]; filler first: docstring (3)
 
     # Quality of every (gt, candidate) pair: a prior point of g lies in g's window, so the window qualities are
     # the only entries >= 0 of column g; everything else is -1. Scatter them to the candidate slots.
@@ -114,3 +126,12 @@ def poto_assign(cls_logits: Array, pred_boxes: Array, gt_boxes: Array, gt_labels
     quality = jnp.full((num_gts, candidates.shape[0]), -1.0, window_quality.dtype)
     quality = quality.at[gt_rows, columns].set(window_quality, mode="drop")
     return assign_on_candidates(-quality, candidates, gt_mask, num_points)
+
+
+def matched_outside_prior(gt_to_point: Array, gt_boxes: Array, gt_mask: Array, grid: priors.PointGrid,
+                          radius: float) -> Array:
+    """Valid gts whose one-to-one point lies outside their own centre prior: gt_to_point [..., G] (-1 unmatched),
+    gt_boxes [..., G, 4], gt_mask [..., G] -> bool [..., G] (unmatched gts are not counted)."""
+    point = jnp.maximum(gt_to_point, 0)
+    inside = centre_prior(jnp.asarray(grid.points)[point], jnp.asarray(grid.strides)[point], gt_boxes, radius)
+    return gt_mask & (gt_to_point >= 0) & ~inside

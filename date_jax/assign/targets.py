@@ -18,8 +18,8 @@ from date_jax import boxes as box_ops
 from date_jax import priors
 from date_jax.assign.fcos import fcos_targets
 from date_jax.assign.hungarian_cost import hungarian_assign
-from date_jax.assign.poto import poto_assign
-from date_jax.assign.retina import retina_targets
+from date_jax.assign.poto import matched_outside_prior, poto_assign
+from date_jax.assign.retina import retina_targets, valid_anchors
 from date_jax.models.head import o2o_class_logits
 
 Array = jax.Array
@@ -45,12 +45,14 @@ class Geometry(NamedTuple):
 
 def _poto(outputs: Mapping[str, Array], gt: GroundTruth, geometry: Geometry,
           config: ml_collections.ConfigDict) -> Targets:
-    """POTO (docs/spec.md §4.1): point_to_gt [N] (-1 background)."""
-    grid = geometry.grid
+    """POTO (docs/spec.md §4.1): point_to_gt [N] (-1 background) and, for the training metrics, outside_prior [G]
+    (valid gts whose point lies outside their own centre prior: no free prior point was left for them)."""
+    grid, radius = geometry.grid, config.assign.center_radius
     pred = box_ops.ltrb_to_boxes(jnp.asarray(grid.points), outputs["o2o_ltrb"])
-    _, point_to_gt = poto_assign(o2o_class_logits(outputs), pred, gt.boxes, gt.labels, gt.mask, grid,
-                                 alpha=config.assign.poto_alpha, radius=config.assign.center_radius)
-    return {"o2o_point_to_gt": point_to_gt}
+    gt_to_point, point_to_gt = poto_assign(o2o_class_logits(outputs), pred, gt.boxes, gt.labels, gt.mask, grid,
+                                           alpha=config.assign.poto_alpha, radius=radius)
+    outside = matched_outside_prior(gt_to_point, gt.boxes, gt.mask, grid, radius)
+    return {"o2o_point_to_gt": point_to_gt, "o2o_outside_prior": outside}
 
 
 def _detr(outputs: Mapping[str, Array], gt: GroundTruth, geometry: Geometry,
@@ -77,9 +79,12 @@ def _fcos(outputs: Mapping[str, Array], gt: GroundTruth, geometry: Geometry,
 
 def _retina(outputs: Mapping[str, Array], gt: GroundTruth, geometry: Geometry,
             config: ml_collections.ConfigDict) -> Targets:
-    """RetinaNet targets (docs/spec.md §4.4): labels [A], label_weights [A], deltas [A, 4], positive [A]."""
-    r = config.assign.retina
-    t = retina_targets(jnp.asarray(geometry.anchors), gt.boxes, gt.labels, gt.mask,
+    """RetinaNet targets (docs/spec.md §4.4): labels [A], label_weights [A], deltas [A, 4], positive [A]; anchors
+    outside the image's own padded shape are neither positive nor negative."""
+    r, anchors = config.assign.retina, config.model.anchors
+    valid = valid_anchors(gt.image_shape, geometry.grid.shapes, config.model.strides,
+                          priors.num_anchors_per_point(anchors.scales_per_octave, tuple(anchors.ratios)))
+    t = retina_targets(jnp.asarray(geometry.anchors), gt.boxes, gt.labels, gt.mask, valid,
                        num_classes=config.model.num_classes, pos_iou=r.pos_iou, neg_iou=r.neg_iou,
                        min_pos_iou=r.min_pos_iou, gt_max_assign_all=r.gt_max_assign_all)
     return {f"retina_{k}": t[k] for k in ("labels", "label_weights", "deltas", "positive")}

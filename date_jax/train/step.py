@@ -58,12 +58,27 @@ def batch_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collec
     return sharding.per_example(one_example, mesh)(detached, targets_lib.batch_ground_truth(batch))
 
 
-def batch_loss(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
-               mesh: Mesh | None = None) -> tuple[jax.Array, Metrics]:
-    """The DATE loss of a batch (total, weighted terms): its per-example targets, then the pure loss terms."""
+def _loss_and_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
+                      mesh: Mesh | None) -> tuple[jax.Array, Metrics, dict[str, jax.Array]]:
+    """(total loss, weighted terms, targets) of a batch: its per-example targets, then the pure loss terms."""
     targets = batch_targets(outputs, batch, config, mesh)
     points = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3])).grid.points
-    return losses.date_loss(outputs, batch, targets, config.loss, points)
+    return *losses.date_loss(outputs, batch, targets, config.loss, points), targets
+
+
+def batch_loss(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
+               mesh: Mesh | None = None) -> tuple[jax.Array, Metrics]:
+    """The DATE loss of a batch (total, weighted terms)."""
+    total, terms, _ = _loss_and_targets(outputs, batch, config, mesh)
+    return total, terms
+
+
+def assignment_metrics(targets: dict[str, jax.Array], batch: Batch) -> Metrics:
+    """Per-image counts worth watching: `o2o_outside_prior`, gts matched outside their own centre prior (POTO)."""
+    if "o2o_outside_prior" not in targets:
+        return {}
+    images = jnp.maximum(jnp.sum(batch["example_mask"]), 1)
+    return {"o2o_outside_prior": jnp.sum(targets["o2o_outside_prior"]).astype(jnp.float32) / images}
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -77,16 +92,17 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: 
     def loss_fn(params):
         outputs = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                               batch["image_shape"])
-        return batch_loss(outputs, batch, config, mesh)
+        total, terms, targets = _loss_and_targets(outputs, batch, config, mesh)
+        return total, (terms, assignment_metrics(targets, batch))
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (terms, assigned)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     finite = jnp.isfinite(loss) & _all_finite(trainable_grads)
     # A non-finite loss or gradient leaves the state untouched; the loop stops the run when it sees the flag.
     params = jax.tree.map(lambda p, u: jnp.where(finite, p + u, p), state.params, updates)
     opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
-    metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(trainable_grads),
+    metrics = {"loss": loss, **terms, **assigned, "grad_norm": optax.tree.norm(trainable_grads),
                "param_norm": optax.tree.norm(params), "lr": optimizer.schedule(state.step),
                "finite": finite.astype(jnp.float32),
                "num_gt": jnp.sum(batch["box_mask"] & batch["example_mask"][:, None]).astype(jnp.float32)}

@@ -23,8 +23,8 @@ Array = jax.Array
 
 
 def _augment_row(cost: Array, cur_row: Array, state: tuple[Array, ...]) -> tuple[Array, ...]:
-    """Match free row `cur_row` of cost [n, m] by one shortest augmenting path; updates duals and the matching."""
-    u, v, col4row, row4col = state
+    """Match free row `cur_row` of cost [n, m] by one shortest augmenting path; updates duals, matching, trips [3]."""
+    u, v, col4row, row4col, trips = state
     n, m = cost.shape
 
     def search(carry):
@@ -47,29 +47,31 @@ def _augment_row(cost: Array, cur_row: Array, state: tuple[Array, ...]) -> tuple
     init = (jnp.full((m,), jnp.inf, cost.dtype), jnp.full((m,), -1, jnp.int32), jnp.zeros((m,), bool),
             jnp.zeros((n,), bool), jnp.zeros((), cost.dtype), cur_row, jnp.int32(-1))
     shortest, path, done_cols, done_rows, min_val, _, sink = jax.lax.while_loop(lambda c: c[6] < 0, search, init)
+    search_trips = jnp.sum(done_cols).astype(jnp.int32)    # one column is settled per trip
 
     others = done_rows & (jnp.arange(n) != cur_row)
     u = jnp.where(others, u + min_val - shortest[jnp.maximum(col4row, 0)], u).at[cur_row].add(min_val)
     v = jnp.where(done_cols, v - (min_val - shortest), v)
 
     def flip(carry):
-        col, col4row, row4col, _ = carry
+        col, col4row, row4col, _, count = carry
         row = path[col]
         previous = col4row[row]
-        return previous, col4row.at[row].set(col), row4col.at[col].set(row), row == cur_row
+        return previous, col4row.at[row].set(col), row4col.at[col].set(row), row == cur_row, count + 1
 
-    _, col4row, row4col, _ = jax.lax.while_loop(lambda c: ~c[3], flip, (sink, col4row, row4col, jnp.bool_(False)))
-    return u, v, col4row, row4col
+    _, col4row, row4col, _, flip_trips = jax.lax.while_loop(
+        lambda c: ~c[3], flip, (sink, col4row, row4col, jnp.bool_(False), jnp.int32(0)))
+    return u, v, col4row, row4col, trips + jnp.stack([jnp.int32(1), search_trips, flip_trips])
 
 
-def _columns_of_rows(cost: Array, num_rows: Array | int) -> Array:
-    """Optimal column [n] int32 of the first `num_rows` rows of a finite cost [n, m], n <= m (others: -1)."""
+def _columns_of_rows(cost: Array, num_rows: Array | int) -> tuple[Array, Array]:
+    """Optimal column [n] int32 of the first `num_rows` rows of a finite cost [n, m], n <= m (others: -1), trips [3]."""
     n, m = cost.shape
     state = (jnp.zeros((n,), cost.dtype), jnp.zeros((m,), cost.dtype), jnp.full((n,), -1, jnp.int32),
-             jnp.full((m,), -1, jnp.int32))
-    _, (_, _, col4row, _) = jax.lax.while_loop(
+             jnp.full((m,), -1, jnp.int32), jnp.zeros((3,), jnp.int32))
+    _, (_, _, col4row, _, trips) = jax.lax.while_loop(
         lambda c: c[0] < num_rows, lambda c: (c[0] + 1, _augment_row(cost, c[0], c[1])), (jnp.int32(0), state))
-    return col4row
+    return col4row, trips
 
 
 def linear_sum_assignment(cost: Array, maximize: bool = False) -> tuple[Array, Array]:
@@ -93,8 +95,8 @@ def linear_sum_assignment(cost: Array, maximize: bool = False) -> tuple[Array, A
     bound = (2 * pairs + 1) * (jnp.max(jnp.where(finite, jnp.abs(cost), 0.0)) + 1.0)
     cost = jnp.where(finite, cost, bound)
     if n <= m:
-        return jnp.arange(n, dtype=jnp.int32), _columns_of_rows(cost, n)
-    row_of_column = _columns_of_rows(cost.T, m)
+        return jnp.arange(n, dtype=jnp.int32), _columns_of_rows(cost, n)[0]
+    row_of_column, _ = _columns_of_rows(cost.T, m)
     order = jnp.argsort(row_of_column)
     return row_of_column[order], order.astype(jnp.int32)
 
@@ -117,12 +119,9 @@ def first_slots(candidates: Array, num_points: int) -> Array:
         jnp.arange(num_candidates, dtype=jnp.int32))
 
 
-def assign_on_candidates(cost: Array, candidates: Array, gt_mask: Array, num_points: int) -> tuple[Array, Array]:
-    """Minimise cost [G, K] over candidate point ids [K] (repeats allowed) -> (gt_to_point [G], point_to_gt [N]).
-
-    Valid ground truths are all matched when the candidates hold at least as many distinct points. Unmatched and
-    padded ground truths get -1 in `gt_to_point`; background points get -1 in `point_to_gt`.
-    """
+def assign_on_candidates_with_trips(cost: Array, candidates: Array, gt_mask: Array,
+                                    num_points: int) -> tuple[Array, Array, Array]:
+    """`assign_on_candidates` plus the trips [3] int32 its while loops made (outer rows, search steps, path flips)."""
     num_gts, num_candidates = cost.shape
     repeated = first_slots(candidates, num_points)[candidates] != jnp.arange(num_candidates)
     usable = ~repeated[None, :] & jnp.isfinite(cost)
@@ -132,7 +131,7 @@ def assign_on_candidates(cost: Array, candidates: Array, gt_mask: Array, num_poi
     if num_candidates < num_gts:                      # fewer points than slots: bound-cost columns keep n <= m
         cost = jnp.concatenate([cost, jnp.full((num_gts, num_gts - num_candidates), bound, cost.dtype)], axis=1)
     valid_first = jnp.argsort(~gt_mask, stable=True)
-    columns = _columns_of_rows(cost[valid_first], jnp.sum(gt_mask))
+    columns, trips = _columns_of_rows(cost[valid_first], jnp.sum(gt_mask))
     column = jnp.zeros((num_gts,), jnp.int32).at[valid_first].set(columns)
     safe = jnp.clip(column, 0, num_candidates - 1)
     matched = gt_mask & (column >= 0) & (column < num_candidates) & ~repeated[safe]
@@ -140,4 +139,14 @@ def assign_on_candidates(cost: Array, candidates: Array, gt_mask: Array, num_poi
     scatter_at = jnp.where(matched, gt_to_point, num_points)
     point_to_gt = jnp.full((num_points,), -1, jnp.int32).at[scatter_at].set(
         jnp.arange(num_gts, dtype=jnp.int32), mode="drop")
+    return gt_to_point, point_to_gt, trips
+
+
+def assign_on_candidates(cost: Array, candidates: Array, gt_mask: Array, num_points: int) -> tuple[Array, Array]:
+    """Minimise cost [G, K] over candidate point ids [K] (repeats allowed) -> (gt_to_point [G], point_to_gt [N]).
+
+    Valid ground truths are all matched when the candidates hold at least as many distinct points. Unmatched and
+    padded ground truths get -1 in `gt_to_point`; background points get -1 in `point_to_gt`.
+    """
+    gt_to_point, point_to_gt, _ = assign_on_candidates_with_trips(cost, candidates, gt_mask, num_points)
     return gt_to_point, point_to_gt

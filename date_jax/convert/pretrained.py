@@ -1,7 +1,8 @@
 """Start training from PyTorch weights: `config.init_from.backbone` (an ImageNet ResNet) and
 `config.init_from.checkpoint` (a whole mmdet DATE checkpoint), applied to freshly initialised variables.
 
-Both load through the safe reader (`torch_pickle.load`) and the SPEC §10 name map (`mmdet.match_state_dict`); every
+Either may be a path or a name (`open-mmlab://detectron/resnet50_caffe`, `torchvision://resnet50`, a URL), which is
+downloaded once into the cache and hash-checked (`date_jax.convert.download`). Both load through the safe reader (`torch_pickle.load`) and the SPEC §10 name map (`mmdet.match_state_dict`); every
 loaded, missing and unused key is reported in the log, and variables the file does not provide keep their fresh values.
 A shape mismatch, or a file of which nothing fits, stops with an error naming the keys.
 """
@@ -14,7 +15,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from date_jax.convert import mmdet, torch_pickle, torchvision
+from date_jax.convert import download, mmdet, torch_pickle, torchvision
 
 PyTree = Any
 
@@ -72,15 +73,24 @@ def load_checkpoint(path: str, config: ml_collections.ConfigDict, variables: dic
     return _load_into(path, torch_pickle.load(path), variables, variables, "model", config)
 
 
+def resolve(key: str, value: str) -> str:
+    """Local path for `config.init_from.<key>`: a downloaded (cached) file for a weights name or URL, else `value`."""
+    if download.is_remote(value):
+        return download.fetch(value)
+    if not os.path.isfile(value):
+        raise FileNotFoundError(f"config.init_from.{key}={value!r} does not exist; download the .pth file, name "
+                                f"published weights (e.g. {next(iter(download.MODEL_ZOO))}) or clear the key "
+                                f"(--config.init_from.{key}='').")
+    return value
+
+
 def apply_init_from(config: ml_collections.ConfigDict, variables: dict[str, PyTree]) -> dict[str, PyTree]:
     """Fresh {'params', 'batch_stats'} -> the same tree with `config.init_from.backbone`, then
     `config.init_from.checkpoint`, loaded into it (each only when set; empty strings leave `variables` as they are)."""
-    for key, path in (("backbone", config.init_from.backbone), ("checkpoint", config.init_from.checkpoint)):
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"config.init_from.{key}={path!r} does not exist; download the .pth file or "
-                                    f"clear the key (--config.init_from.{key}='').")
-    if config.init_from.backbone:
-        variables = load_backbone(config.init_from.backbone, config, variables)
-    if config.init_from.checkpoint:
-        variables = load_checkpoint(config.init_from.checkpoint, config, variables)
+    paths = {key: resolve(key, value) for key, value in (("backbone", config.init_from.backbone),
+                                                          ("checkpoint", config.init_from.checkpoint)) if value}
+    if "backbone" in paths:
+        variables = load_backbone(paths["backbone"], config, variables)
+    if "checkpoint" in paths:
+        variables = load_checkpoint(paths["checkpoint"], config, variables)
     return variables

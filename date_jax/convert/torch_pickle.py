@@ -6,12 +6,17 @@ The pickle is read by an unpickler that resolves only the handful of globals a t
 function of this module: `torch._utils._rebuild_tensor_v2`, `torch._utils._rebuild_parameter`, the typed
 `torch.*Storage` classes and `collections.OrderedDict` (plus numpy scalars and `_codecs.encode`, which appear in
 mmcv's `meta`). Any other global is refused by name before it could be called, so the file's code never runs.
+
+Sizes declared inside the file (pickle string and frame lengths, zip record sizes, legacy storage lengths, tensor
+shapes) are checked against the bytes the file actually holds before anything is allocated, so a small crafted file
+cannot ask for gigabytes of memory.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from typing import Any, BinaryIO, Callable
@@ -185,15 +190,66 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._resolve_storage(pid)
 
 
-def _unpickle(file: BinaryIO, source: str, resolve_storage: Callable[[tuple], _StorageRef] | None = None) -> Any:
-    """Run the restricted unpickler over one pickle in `file`."""
-    return _RestrictedUnpickler(file, resolve_storage, source).load()
+class _BoundedReader:
+    """Reads of `file` limited to the `limit` bytes it holds from its current position: a length declared inside the
+    pickle that exceeds them is refused before any buffer of that length is allocated."""
+
+    def __init__(self, file: BinaryIO, limit: int, source: str) -> None:
+        self._file, self._left, self._source = file, limit, source
+
+    def _take(self, n: int) -> int:
+        if n > self._left:
+            raise CheckpointFormatError(f"{self._source}: the pickle declares {n:,} bytes where only {self._left:,} "
+                                        "remain in the file; it is truncated or crafted")
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(self._take(self._left if n is None or n < 0 else n))
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = self._file.readinto(view[:self._take(len(view))])
+        self._left -= count
+        return count
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._file.readline(self._left if size is None or size < 0 else min(size, self._left))
+        self._left -= len(line)
+        return line
+
+
+def _unpickle(file: BinaryIO, source: str, resolve_storage: Callable[[tuple], _StorageRef] | None = None,
+              limit: int | None = None) -> Any:
+    """Run the restricted unpickler over one pickle in `file`, reading at most `limit` bytes (default: to the end).
+
+    The opcodes are scanned first (`pickletools.genops` builds nothing and resolves no global), because the unpickler
+    allocates a declared string length before reading it; the scan refuses any length the file cannot hold."""
+    position = file.tell()
+    if limit is None:
+        limit = file.seek(0, os.SEEK_END) - position
+        file.seek(position)
+    try:
+        for _ in pickletools.genops(_BoundedReader(file, limit, source)):
+            pass
+    except CheckpointFormatError:
+        raise
+    except (ValueError, EOFError) as e:
+        raise CheckpointFormatError(f"{source}: not a readable pickle ({e})") from None
+    file.seek(position)
+    return _RestrictedUnpickler(_BoundedReader(file, limit, source), resolve_storage, source).load()
 
 
 def _materialise(ref: _TensorRef, storage: np.ndarray, name: str) -> np.ndarray:
     """Copy the strided view `ref` out of the 1-D `storage` array after checking it stays inside the storage."""
     if 0 in ref.shape:
         return np.zeros(ref.shape, storage.dtype)
+    count = int(np.prod(ref.shape, dtype=object))
+    if count > storage.size:
+        raise CheckpointFormatError(
+            f"tensor '{name}' declares shape {ref.shape} ({count:,} elements) over storage '{ref.storage.key}' of "
+            f"{storage.size:,} elements; a checkpoint tensor never repeats elements, so the file is crafted or corrupt")
     start = ref.storage.element_offset + ref.offset
     last = start + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
     if last >= storage.size:
@@ -227,6 +283,23 @@ def _flatten(tree: dict, read_storage: Callable[[_StorageRef], np.ndarray], pref
     return arrays
 
 
+DEFLATE_MAX_RATIO = 1032   # deflate expands at most ~1032:1, so a record's declared size is bounded by its stored size
+
+
+def _record_size(archive: zipfile.ZipFile, name: str, path: str) -> int:
+    """The declared size of zip record `name` after checking it is consistent with the bytes stored for it."""
+    info = archive.getinfo(name)
+    file_size = os.path.getsize(path)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CheckpointFormatError(f"{path}: record '{name}' uses zip compression {info.compress_type}; torch.save "
+                                    "writes records uncompressed")
+    bound = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO)
+    if info.header_offset + info.compress_size > file_size or info.file_size > bound:
+        raise CheckpointFormatError(f"{path}: record '{name}' declares {info.file_size:,} bytes, more than the "
+                                    f"{file_size:,}-byte file can hold; it is truncated or crafted")
+    return info.file_size
+
+
 def _load_zip(path: str) -> dict[str, np.ndarray]:
     """Read the PyTorch >= 1.6 zip container."""
     with zipfile.ZipFile(path) as archive:
@@ -242,17 +315,19 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
             _, storage_type, key, _location, numel = pid[:5]
             return _StorageRef(str(key), storage_type.dtype, numel)
 
+        pickle_size = _record_size(archive, pickles[0], path)
         with archive.open(pickles[0]) as f:
-            obj = _unpickle(f, path, resolve)
+            obj = _unpickle(f, path, resolve, limit=pickle_size)
         cache: dict[str, np.ndarray] = {}
 
         def read_storage(ref: _StorageRef) -> np.ndarray:
             if ref.key not in cache:
                 record = f"{root}data/{ref.key}"
                 try:
-                    raw = archive.read(record)
+                    _record_size(archive, record, path)
                 except KeyError:
                     raise CheckpointFormatError(f"{path}: storage record '{record}' is missing") from None
+                raw = archive.read(record)
                 dtype = ref.dtype.newbyteorder(">" if big_endian else "<")
                 if len(raw) < ref.numel * dtype.itemsize:
                     raise CheckpointFormatError(
@@ -265,6 +340,7 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
 
 def _load_legacy(path: str) -> dict[str, np.ndarray]:
     """Read the pre-1.6 stream: magic, protocol, sys info, the pickle, storage keys, then each storage's raw bytes."""
+    file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         magic = _unpickle(f, path)
         if magic != LEGACY_MAGIC_NUMBER:
@@ -297,8 +373,13 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
             if len(header) != 8:
                 raise CheckpointFormatError(f"{path}: truncated before storage '{key}'")
             (numel,) = struct.unpack("<q", header)
+            remaining = file_size - f.tell()
+            if numel < 0 or numel * dtype.itemsize > remaining:
+                raise CheckpointFormatError(f"{path}: storage '{key}' declares {numel:,} elements "
+                                            f"({numel * dtype.itemsize:,} bytes) but only {remaining:,} bytes remain "
+                                            "in the file; it is truncated or crafted")
             raw = f.read(numel * dtype.itemsize)
-            if numel < 0 or len(raw) != numel * dtype.itemsize:
+            if len(raw) != numel * dtype.itemsize:
                 raise CheckpointFormatError(f"{path}: storage '{key}' is truncated ({len(raw)} bytes read)")
             storages[key] = np.frombuffer(raw, dtype=dtype)
 

@@ -189,3 +189,88 @@ def test_not_a_checkpoint(tmp_path):
     path.write_text("hello")
     with pytest.raises(torch_pickle.CheckpointFormatError, match="not a torch.save checkpoint"):
         torch_pickle.load(path)
+
+
+# Size bombs: a few hundred bytes that declare gigabytes. Each load runs in a child process whose address space is
+# capped, so the reader must refuse from the declared sizes before allocating (an allocation fails the cap with
+# MemoryError instead of the one-line CheckpointFormatError).
+MEMORY_CAP = 3 * 2**30
+_CAPPED_LOAD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+from date_jax.convert import torch_pickle
+try:
+    torch_pickle.load(sys.argv[1])
+    print("loaded")
+except Exception as e:
+    print(type(e).__name__ + ": " + str(e))
+"""
+
+
+def _capped_load(path) -> str:
+    """The outcome line of `torch_pickle.load(path)` in a child limited to MEMORY_CAP bytes of address space."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", _CAPPED_LOAD.format(cap=MEMORY_CAP), str(path)], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    return result.stdout.strip() or result.stderr.strip().splitlines()[-1]
+
+
+def _legacy_stream(path, main_pickle: bytes, keys: list, storages: bytes) -> None:
+    """A legacy torch.save stream with the given main pickle, storage key list and raw storage section."""
+    with open(path, "wb") as f:
+        for header in (torch_pickle.LEGACY_MAGIC_NUMBER, torch_pickle.LEGACY_PROTOCOL_VERSION,
+                       {"protocol_version": 1001, "little_endian": True}):
+            f.write(pickle.dumps(header, protocol=2))
+        f.write(main_pickle)
+        f.write(pickle.dumps(keys, protocol=2))
+        f.write(storages)
+
+
+def test_capped_child_loads_a_real_checkpoint():
+    assert _capped_load(os.path.join(FIXTURES, "tensors_legacy.pth")) == "loaded"
+
+
+def test_tensor_repeating_one_element_37_gib_is_refused(tmp_path):
+    # shape 100000 x 100000 with stride 0 over a 1-element storage: 37.3 GiB of float32 when copied out
+    path = _checkpoint_with(tmp_path, _tensor(0, (100_000, 100_000), (0, 0), 1),
+                            storage_values=np.ones(1, np.float32))
+    assert os.path.getsize(path) < 1024
+    outcome = _capped_load(path)
+    assert outcome.startswith("CheckpointFormatError: tensor 'w' declares shape (100000, 100000)"), outcome
+
+
+def test_legacy_storage_longer_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "legacy_bomb.pth"
+    main = b"\x80\x02}" + _str("w") + _tensor(0, (1,), (1,), 1) + b"s."
+    _legacy_stream(path, main, ["0"], struct.pack("<q", 10 ** 10) + b"\x00" * 4)   # 40 GB declared, 4 bytes there
+    assert os.path.getsize(path) < 1024
+    outcome = _capped_load(path)
+    assert outcome.startswith("CheckpointFormatError: ") and "storage '0' declares 10,000,000,000 elements" in outcome, \
+        outcome
+
+
+def test_pickle_string_longer_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "binbytes_bomb.pth"
+    main = b"\x80\x04\x8e" + struct.pack("<Q", 40 * 2**30) + b"xx."   # BINBYTES8 declaring 40 GiB
+    _legacy_stream(path, main, [], b"")
+    outcome = _capped_load(path)
+    assert outcome.startswith("CheckpointFormatError: ") and "declares 42,949,672,960 bytes" in outcome, outcome
+
+
+def test_zip_record_declaring_more_than_the_file_is_refused(tmp_path):
+    path = _checkpoint_with(tmp_path, _tensor(0, (2,), (1,), 2), storage_values=np.arange(2, dtype=np.float32))
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("archive/data/0")
+    data = bytearray(open(path, "rb").read())
+    huge = struct.pack("<I", 0xFFFFFFF0)
+    # the local header (offset 18: compressed, 22: uncompressed size) and the central directory entry (20, 24)
+    data[info.header_offset + 18:info.header_offset + 26] = huge + huge
+    central = data.rindex(b"PK\x01\x02")
+    assert data[central + 46:central + 46 + len("archive/data/0")] == b"archive/data/0"
+    data[central + 20:central + 28] = huge + huge
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(torch_pickle.CheckpointFormatError, match="record 'archive/data/0' declares 4,294,967,280 bytes"):
+        torch_pickle.load(path)

@@ -27,6 +27,7 @@ from date_jax.evaluation import evaluators as evaluators_lib
 from date_jax.predictor import Predictor
 from date_jax.train import setup
 from date_jax.train.preemption import Preemption
+from date_jax.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -218,8 +219,14 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, setup.
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        preemption: Preemption | None = None) -> dict[str, float]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate; returns the final metrics
-    ({} when a stop was requested: the state is checkpointed first)."""
-    preemption = preemption if preemption is not None else Preemption().install()
+    ({} when a stop was requested: the state is checkpointed first). The workdir is locked for the whole run: a
+    second run on it stops with `WorkdirBusyError` naming the holder."""
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, preemption if preemption is not None else Preemption().install())
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, preemption: Preemption) -> dict[str, float]:
+    """The body of `train_and_evaluate`, run while the workdir is locked."""
     mesh, run, num_train_images, num_steps = _start(config, workdir)
     writer = make_writer(workdir)
     writer.write_texts(0, {"config": f"```\n{config.to_json_best_effort(indent=2)}\n```"})
@@ -256,16 +263,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if step % config.checkpoint_every_steps == 0 or last or preempted:
                 if progress.window.pending:
                     progress.window.flush(last_saved)
-                checkpoints.save(manager, step, state, config, force=True)
+                checkpoints.save_or_stop(manager, step, state, config, force=True)
                 last_saved = step
             if preempted:
-                manager.wait_until_finished()
+                checkpoints.wait_or_stop(manager)
                 logging.warning("Stop requested: checkpoint at step %d written; exiting.", step)
                 return {}
             if every and step % every == 0 and not last:
                 evaluation.start(state.variables, step)
             evaluation.report_finished()
-        manager.wait_until_finished()
+        checkpoints.wait_or_stop(manager)
         evaluation.report_finished(wait=True)
         evaluation.start(state.variables, step)
         metrics = evaluation.report_finished(wait=True)
@@ -274,6 +281,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batches.close()
         pipeline.log_issue_summary(config, "train")
         preemption.uninstall()
-        manager.wait_until_finished()
+        try:        # a save still in flight when something else failed: finish it, but keep the first error
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - reported, then the original exception propagates
+            logging.error("The checkpoint being written when the run stopped failed too: %s", e)
         writer.flush()
     return metrics

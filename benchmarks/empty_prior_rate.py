@@ -1,4 +1,4 @@
-"""How often POTO matches a ground truth outside its own centre prior, per image (issue #19, SPEC §4.1 / §D.1).
+"""How often POTO matches a ground truth outside its own centre prior, per image (issue #19, docs/spec.md §4.1 / §D.1).
 
 A ground truth is matched outside its prior when the prior holds no point (a box that contains no point of any level
 strictly inside its centre region) or when every point of it serves another ground truth. Both cases are counted with

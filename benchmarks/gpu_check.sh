@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU run (DESIGN §7 targets): DATE-R50-F train step at 800x1344 bf16, batch 16 or the largest that fits,
+# One prepared GPU run (docs/design.md §5 targets): DATE-R50-F train step at 800x1344 bf16, batch 16 or the largest that fits,
 # and NMS-free inference latency at batch 1 (and 8) on an 800x1333 image padded to 800x1344. No TensorFlow, no torch.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]       # OUT_DIR defaults to $OUT, else benchmarks/results

@@ -1,5 +1,5 @@
 """DATE-R50-F-3DMF, COCO, 36 epochs (3x). Uses the 3x pipeline and schedule (the reference config inherited the 1x
-base by mistake, SPEC §13.1; date-jax trains what the reported numbers need).
+base by mistake, docs/spec.md §13.1; date-jax trains what the reported numbers need).
 
 Run:      python train.py --config configs/date_r50_fcos_3dmf_3x_coco.py --workdir runs/date_r50_fcos_3dmf_3x
 Hardware: 16 images per step (e.g. 8 GPUs x 2), bf16 on accelerators.

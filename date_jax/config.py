@@ -38,7 +38,7 @@ def model_config() -> ConfigDict:
 
 
 def assign_config() -> ConfigDict:
-    """Label assignment of both branches (SPEC §4)."""
+    """Label assignment of both branches (docs/spec.md §4)."""
     return ConfigDict(dict(
         o2o="poto",                 # 'poto' (COCO) | 'hungarian' (DETR-style cost, CrowdHuman)
         poto_alpha=0.8,             # quality = p^(1 - alpha) * IoU^alpha
@@ -49,7 +49,7 @@ def assign_config() -> ConfigDict:
 
 
 def loss_config() -> ConfigDict:
-    """Loss weights by the reference's names (SPEC §5)."""
+    """Loss weights by the reference's names (docs/spec.md §5)."""
     return ConfigDict(dict(
         focal_alpha=0.25,
         focal_gamma=2.0,
@@ -60,7 +60,7 @@ def loss_config() -> ConfigDict:
 
 
 def data_config() -> ConfigDict:
-    """COCO 2017 in the mmdetection layout with the 1x pipeline (SPEC §2.3)."""
+    """COCO 2017 in the mmdetection layout with the 1x pipeline (docs/spec.md §2.3)."""
     return ConfigDict(dict(
         source="coco",              # 'coco' (json + image folder) | 'tfds' | 'synthetic'
         root="data/coco",           # train_ann / train_images / val_ann / val_images are relative to this
@@ -72,7 +72,7 @@ def data_config() -> ConfigDict:
         tfds_data_dir="",           # '' -> the tfds default (~/tensorflow_datasets)
         tfds_train_split="train",
         tfds_val_split="validation",
-        pipeline="1x",              # '1x' | '3x' | 'crowdhuman' (training augmentations, SPEC §2.3)
+        pipeline="1x",              # '1x' | '3x' | 'crowdhuman' (training augmentations, docs/spec.md §2.3)
         train_short_sizes=(),       # short sides drawn per image; () -> the pipeline's own (1x: 800; 3x: 480..800 step
                                     # 32; crowdhuman: 640..896 step 32)
         crop_short_sizes=(),        # 3x / crowdhuman crop policy: short side before the crop; () -> (400, 500, 600)
@@ -94,7 +94,7 @@ def data_config() -> ConfigDict:
 
 
 def test_config() -> ConfigDict:
-    """NMS-free decoding of the one-to-one branch (SPEC §6)."""
+    """NMS-free decoding of the one-to-one branch (docs/spec.md §6)."""
     return ConfigDict(dict(
         score_thr=0.01,
         nms_pre=100,                # per level
@@ -106,7 +106,7 @@ def test_config() -> ConfigDict:
 
 
 def optim_config() -> ConfigDict:
-    """AdamW of SPEC §2.4; lr is for `base_batch_size` images and is scaled linearly with the global batch."""
+    """AdamW of docs/spec.md §2.4; lr is for `base_batch_size` images and is scaled linearly with the global batch."""
     return ConfigDict(dict(
         base_lr=4e-4,
         base_batch_size=16,
@@ -197,7 +197,7 @@ def tiny_model_config(num_classes: int = 3, o2o: str = "point", o2m: str = "fcos
 
 
 def reference_evaluation(config: ConfigDict) -> ConfigDict:
-    """Evaluate exactly as the reference does (SPEC §D): float32 compute, each image padded to a multiple of 32 of its
+    """Evaluate exactly as the reference does (docs/spec.md §D): float32 compute, each image padded to a multiple of 32 of its
     own size, one image per batch. Changes nothing else (for the released weights, docs/pretrained.md)."""
     config.dtype = "float32"
     config.data.bucket_divisor = 32
@@ -206,7 +206,7 @@ def reference_evaluation(config: ConfigDict) -> ConfigDict:
 
 
 def use_3x_schedule(config: ConfigDict) -> ConfigDict:
-    """36 epochs with the DETR-style multi-scale + crop pipeline, decays after epochs 24 and 33 (SPEC §2.3-2.4)."""
+    """36 epochs with the DETR-style multi-scale + crop pipeline, decays after epochs 24 and 33 (docs/spec.md §2.3-2.4)."""
     config.data.pipeline = "3x"
     config.schedule.epochs = 36
     config.schedule.decay_epochs = (24, 33)
@@ -214,7 +214,7 @@ def use_3x_schedule(config: ConfigDict) -> ConfigDict:
 
 
 def use_crowdhuman(config: ConfigDict) -> ConfigDict:
-    """CrowdHuman recipe (SPEC §7.3): 1 class, DETR-style Hungarian o2o cost, 30k iterations, CrowdHuman metrics."""
+    """CrowdHuman recipe (docs/spec.md §7.3): 1 class, DETR-style Hungarian o2o cost, 30k iterations, CrowdHuman metrics."""
     config.model.num_classes = 1
     config.assign.o2o = "hungarian"
     d = config.data

@@ -1,4 +1,4 @@
-"""Turning network outputs into detections on device (SPEC §6), with static shapes and a validity mask.
+"""Turning network outputs into detections on device (docs/spec.md §6), with static shapes and a validity mask.
 
 The one-to-one branch is decoded without NMS: per level keep the (point, class) pairs scoring above `score_thr`, the top
 `nms_pre` of them, decode their boxes from the point grid, clip to the unpadded image, then keep the top `max_per_img`
@@ -140,7 +140,7 @@ def decode_fcos(logits: Array, ltrb: Array, centerness: Array, image_shape: Arra
 
 def decode_outputs(outputs: Mapping[str, Array], image_shape: Array, *, image_hw: Sequence[int],
                    config: ml_collections.ConfigDict) -> Detections:
-    """Decode a network output dict (DESIGN §4) under the full `config`.
+    """Decode a network output dict (docs/design.md §2) under the full `config`.
 
     The o2o branch when the model has one; the FCOS o2m branch for the baseline (`model.o2o == 'none'`). NMS runs
     iff `test.nms`.

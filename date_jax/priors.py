@@ -1,7 +1,7 @@
 """FPN priors: the point grid of the one-to-one and FCOS branches and the RetinaNet anchors, in the reference's order.
 
 Everything here depends only on the static padded image size, so it is plain numpy evaluated at trace time.
-Order (SPEC §3.2, §3.4): levels P3..P7 concatenated; inside a level row-major (index i * W_l + j); anchors are
+Order (docs/spec.md §3.2, §3.4): levels P3..P7 concatenated; inside a level row-major (index i * W_l + j); anchors are
 location-major then anchor (index (i * W_l + j) * A + a) with base anchors ratio-major, scale-minor.
 """
 from __future__ import annotations

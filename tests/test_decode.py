@@ -1,4 +1,4 @@
-"""Decoding (SPEC §6) against a plain numpy re-statement of mmdet's per-level filter / top-k / clip / top-k."""
+"""Decoding (docs/spec.md §6) against a plain numpy re-statement of mmdet's per-level filter / top-k / clip / top-k."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -9,9 +9,9 @@ Files written (all from torch.manual_seed(0), so re-running reproduces them):
   tensors_expected.npz                  the same state_dict as numpy (bfloat16 widened to float32), the reference
   resnet_torchvision_tiny.pth           a torchvision-named basic-block ResNet (with `fc`) for `fixture_model_config()`,
                                         in the legacy format like torchvision's own ImageNet files
-  date_tiny_mmdet.pth                   a whole DATE checkpoint with SPEC §10 names for `fixture_model_config()`
+  date_tiny_mmdet.pth                   a whole DATE checkpoint with docs/spec.md §10 names for `fixture_model_config()`
 
-`official_key_shapes(model_config)` spells out SPEC §10's key pattern independently of the Flax model; the tests use it.
+`official_key_shapes(model_config)` spells out docs/spec.md §10's key pattern independently of the Flax model; the tests use it.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _bn(prefix: str, channels: int) -> dict[str, Shape]:
 
 
 def backbone_key_shapes(model: config_lib.ConfigDict, prefix: str = "backbone.") -> dict[str, Shape]:
-    """SPEC §10.1: mmdet ResNet keys -> PyTorch shapes (bottleneck for depth 50/101, basic block for 18/34)."""
+    """docs/spec.md §10.1: mmdet ResNet keys -> PyTorch shapes (bottleneck for depth 50/101, basic block for 18/34)."""
     width, depth = model.backbone.base_width, model.backbone.depth
     blocks = tuple(model.backbone.stage_blocks) or STANDARD_BLOCKS[depth]
     bottleneck = depth >= 50
@@ -71,7 +71,7 @@ def backbone_key_shapes(model: config_lib.ConfigDict, prefix: str = "backbone.")
 
 
 def official_key_shapes(model: config_lib.ConfigDict) -> dict[str, Shape]:
-    """SPEC §10: every key of an mmdet DATE state_dict for `model` (a `config.model`) -> its PyTorch shape."""
+    """docs/spec.md §10: every key of an mmdet DATE state_dict for `model` (a `config.model`) -> its PyTorch shape."""
     shapes = backbone_key_shapes(model)
     width = model.backbone.base_width
     expansion = 4 if model.backbone.depth >= 50 else 1

@@ -1,4 +1,4 @@
-"""DETR-style one-to-one assignment used on CrowdHuman (SPEC §4.2): focal + L1 + GIoU cost, no spatial prior.
+"""DETR-style one-to-one assignment used on CrowdHuman (docs/spec.md §4.2): focal + L1 + GIoU cost, no spatial prior.
 
 C[n, g] = w_cls * (FL+(p) - FL-(p)) + w_l1 * |cxcywh(pred_n / [W, H]) - cxcywh(gt_g / [W, H])|_1 - w_giou * GIoU(pred_n, gt_g)
 with p = sigmoid(z[n, label_g]), FL+ = -a (1 - p)^gamma ln(p + 1e-12), FL- = -(1 - a) p^gamma ln(1 - p + 1e-12),

@@ -5,7 +5,7 @@
     python evaluate.py --config configs/date_r50_fcos_1x_coco.py --workdir runs/date_r50_12e_converted
 
 The file is read without PyTorch and without running code from it (date_jax.convert.torch_pickle); its tensors are
-mapped by SPEC §10 names onto the model that --config builds (date_jax.convert.mmdet). Every missing, unused or
+mapped by docs/spec.md §10 names onto the model that --config builds (date_jax.convert.mmdet). Every missing, unused or
 mis-shaped key is listed and stops the conversion unless --nostrict (then missing variables keep their random
 initialisation). The result is checkpoint --step of WORKDIR plus WORKDIR/config.json, which evaluate.py and
 `Detector.from_workdir` read directly.
@@ -20,7 +20,7 @@ from date_jax import cli
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config of the model the weights belong to (configs/*.py).",
                                 lock_config=True)
-flags.DEFINE_string("pth", None, "PyTorch checkpoint (mmdetection .pth, SPEC §10 names).")
+flags.DEFINE_string("pth", None, "PyTorch checkpoint (mmdetection .pth, docs/spec.md §10 names).")
 flags.DEFINE_string("workdir", None, "Output workdir (created); evaluate.py and Detector.from_workdir read it.")
 flags.DEFINE_integer("step", 0, "Checkpoint step number to write.")
 flags.DEFINE_bool("strict", True, "Refuse missing and unused keys (shape mismatches are always refused).")

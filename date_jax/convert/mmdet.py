@@ -1,4 +1,4 @@
-"""mmdetection state_dict (SPEC §10 names) <-> the Flax variables of the DATE model a config builds.
+"""mmdetection state_dict (docs/spec.md §10 names) <-> the Flax variables of the DATE model a config builds.
 
 The map is mechanical (see `date_jax.models.detector`): a Flax module path becomes the mmdet module name by turning
 every `name_k` element into `name.k` and joining with '.', and the leaf maps as
@@ -133,7 +133,7 @@ def match_state_dict(state_dict: Mapping[str, np.ndarray], template: PyTree) -> 
 
 def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], config: ml_collections.ConfigDict,
                             strict: bool = True) -> dict[str, PyTree]:
-    """mmdet DATE state_dict (SPEC §10) -> {'params', 'batch_stats'} numpy trees of the model `config` builds.
+    """mmdet DATE state_dict (docs/spec.md §10) -> {'params', 'batch_stats'} numpy trees of the model `config` builds.
 
     Raises `ConversionError` listing every shape mismatch; with `strict` also every missing and unused key. With
     `strict=False` the missing variables are absent from the result (callers fill them) and the report is logged.

@@ -2,7 +2,7 @@
 `config.init_from.checkpoint` (a whole mmdet DATE checkpoint), applied to freshly initialised variables.
 
 Either may be a path or a name (`open-mmlab://detectron/resnet50_caffe`, `torchvision://resnet50`, a URL), which is
-downloaded once into the cache and hash-checked (`date_jax.convert.download`). Both load through the safe reader (`torch_pickle.load`) and the SPEC §10 name map (`mmdet.match_state_dict`); every
+downloaded once into the cache and hash-checked (`date_jax.convert.download`). Both load through the safe reader (`torch_pickle.load`) and the docs/spec.md §10 name map (`mmdet.match_state_dict`); every
 loaded, missing and unused key is reported in the log, and variables the file does not provide keep their fresh values.
 A shape mismatch, or a file of which nothing fits, stops with an error naming the keys.
 """
@@ -69,7 +69,7 @@ def load_backbone(path: str, config: ml_collections.ConfigDict, variables: dict[
 
 
 def load_checkpoint(path: str, config: ml_collections.ConfigDict, variables: dict[str, PyTree]) -> dict[str, PyTree]:
-    """`variables` with every tensor of a whole mmdet DATE checkpoint (SPEC §10 names) that fits the model."""
+    """`variables` with every tensor of a whole mmdet DATE checkpoint (docs/spec.md §10 names) that fits the model."""
     return _load_into(path, torch_pickle.load(path), variables, variables, "model", config)
 
 

@@ -1,4 +1,4 @@
-"""COCO-format annotation files: reading, the annotation rules of SPEC §2.3, and the per-image records of a split.
+"""COCO-format annotation files: reading, the annotation rules of docs/spec.md §2.3, and the per-image records of a split.
 
 Rules (mmdetection 2.25 `CocoDataset`): boxes with w < 1, h < 1, area <= 0 or no overlap with the image are dropped;
 crowd boxes are excluded from the targets (the evaluator reads them from the json); categories are mapped to contiguous
@@ -51,7 +51,7 @@ class Annotations:
             labels=[self.labels[i] for i in keep], record_index=record_index[keep])
 
     def with_training_boxes(self, issues: DataIssues) -> "Annotations":
-        """Only the images that keep at least one box (SPEC §2.3 `filter_empty_gt`); the rest are counted."""
+        """Only the images that keep at least one box (docs/spec.md §2.3 `filter_empty_gt`); the rest are counted."""
         has_box = np.array([len(b) > 0 for b in self.boxes], bool)
         if not has_box.all():
             first = int(np.flatnonzero(~has_box)[0])

@@ -1,4 +1,4 @@
-"""CrowdHuman odgt -> COCO json exactly as the DATE converter (SPEC §7.1): full-body boxes, ignore -> iscrowd."""
+"""CrowdHuman odgt -> COCO json exactly as the DATE converter (docs/spec.md §7.1): full-body boxes, ignore -> iscrowd."""
 from __future__ import annotations
 
 import json

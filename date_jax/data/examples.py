@@ -1,6 +1,6 @@
 """One example: its pixels and its boxes through the same transform plan, padded to its bucket and to `max_boxes`.
 
-`load_example` is the one place where a record becomes the fields of the DESIGN §4 batch contract (training and
+`load_example` is the one place where a record becomes the fields of the docs/design.md §2 batch contract (training and
 evaluation), and `prepare_image` gives an in-memory image the evaluation's test transform (the Python API). The plan
 of an image (flip, resize, crop, resize; docs/spec.md §2.3) is drawn beforehand, so the output size is known before
 decoding.

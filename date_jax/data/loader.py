@@ -1,4 +1,4 @@
-"""Planned batches -> batches of the DESIGN §4 contract: `load_example` run in parallel, in order, then assembled.
+"""Planned batches -> batches of the docs/design.md §2 contract: `load_example` run in parallel, in order, then assembled.
 
 tf.data serves as an ordered thread pool: one element per example of the plan, each made by `examples.load_example`
 in a worker (deterministic order, no autotuning). The worker hands the example to `_ExampleSink`: its pixels are

@@ -1,4 +1,4 @@
-"""A data set split -> batches of the DESIGN §4 contract: planned in numpy, loaded example by example (`loader`).
+"""A data set split -> batches of the docs/design.md §2 contract: planned in numpy, loaded example by example (`loader`).
 
 The order of training batches is a function of (config.seed, epoch) only: each epoch's permutation and every image's
 augmentation parameters are drawn in numpy from (seed, epoch) per image index, so output sizes and buckets are known

@@ -1,4 +1,4 @@
-"""DATE augmentations (SPEC §2.3): random parameters and box geometry in numpy, the pixel work in OpenCV.
+"""DATE augmentations (docs/spec.md §2.3): random parameters and box geometry in numpy, the pixel work in OpenCV.
 
 Every image goes through the same chain, with some steps being identities:
 flip (original frame) -> keep-ratio resize to `resize_hw` -> integer crop `crop` = (y0, x0, h, w) of that -> resize to

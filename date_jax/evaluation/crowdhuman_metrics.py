@@ -1,4 +1,4 @@
-"""CrowdHuman full-body metrics as the reference computes them (SPEC §7.2): AP50, mMR and Recall.
+"""CrowdHuman full-body metrics as the reference computes them (docs/spec.md §7.2): AP50, mMR and Recall.
 
 Ground truth comes from the COCO-format json written by the CrowdHuman converter (`bbox` = full box, `iscrowd` =
 ignore); detections are COCO results. Per image, Caltech matching at IoU 0.5 with ignore regions tested by IoA; the

@@ -1,8 +1,8 @@
-"""DATE head (SPEC §3): shared GN towers and per-level Scales, then the one-to-one and one-to-many predictors.
+"""DATE head (docs/spec.md §3): shared GN towers and per-level Scales, then the one-to-one and one-to-many predictors.
 
 Both towers and the 5 Scales are shared by every level and by both branches; each predictor's convs are shared by
 every level. Outputs are flattened level-major (P3..P7), row-major inside a level, anchor-minor for RetinaNet, and
-returned in float32 (DESIGN §4). Submodules: `cls_convs_{i}/{conv,gn}`, `reg_convs_{i}/{conv,gn}`, `scales_{l}`
+returned in float32 (docs/design.md §2). Submodules: `cls_convs_{i}/{conv,gn}`, `reg_convs_{i}/{conv,gn}`, `scales_{l}`
 (param `scale`), `predictors_0/{conv_cls,conv_reg[,max3d,filter]}`, `predictors_1/{conv_cls,conv_reg[,conv_ctr]}`.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Scale(nn.Module):
 
 
 class OneToOnePredictor(nn.Module):
-    """O2O point predictor (SPEC §3.2), optionally with the 3DMF filter (§3.5): per-level features -> flattened
+    """O2O point predictor (docs/spec.md §3.2), optionally with the 3DMF filter (§3.5): per-level features -> flattened
     `o2o_logits` [B,N,C], `o2o_ltrb` [B,N,4] = ReLU(s*x)*stride pixels, with 3DMF `o2o_filter` [B,N,1] logits."""
 
     num_classes: int
@@ -109,7 +109,7 @@ class OneToOnePredictor(nn.Module):
 
 
 class FCOSPredictor(nn.Module):
-    """O2M FCOS predictor (SPEC §3.3): `o2m_logits` [B,N,C], `o2m_ltrb` [B,N,4] = exp(s*x) pixels,
+    """O2M FCOS predictor (docs/spec.md §3.3): `o2m_logits` [B,N,C], `o2m_ltrb` [B,N,4] = exp(s*x) pixels,
     `o2m_centerness` [B,N,1] logits from the cls tower."""
 
     num_classes: int
@@ -132,7 +132,7 @@ class FCOSPredictor(nn.Module):
 
 
 class RetinaPredictor(nn.Module):
-    """O2M RetinaNet predictor (SPEC §3.4): `o2m_logits` [B,N*A,C] (channel a*C+c), `o2m_deltas` [B,N*A,4]
+    """O2M RetinaNet predictor (docs/spec.md §3.4): `o2m_logits` [B,N*A,C] (channel a*C+c), `o2m_deltas` [B,N*A,4]
     (channel a*4+k) = s*x."""
 
     num_classes: int
@@ -154,7 +154,7 @@ class RetinaPredictor(nn.Module):
 
 
 class DATEHead(nn.Module):
-    """Shared towers + Scales + the configured predictors: list of [B,H_l,W_l,C] -> network-output dict (DESIGN §4)."""
+    """Shared towers + Scales + the configured predictors: list of [B,H_l,W_l,C] -> network-output dict (docs/design.md §2)."""
 
     num_classes: int
     strides: Sequence[int] = (8, 16, 32, 64, 128)

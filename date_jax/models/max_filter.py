@@ -1,4 +1,4 @@
-"""DeFCN 3D Max Filtering (SPEC §9): max over a k x k spatial window and up to `num_levels` adjacent FPN levels.
+"""DeFCN 3D Max Filtering (docs/spec.md §9): max over a k x k spatial window and up to `num_levels` adjacent FPN levels.
 
 For level l: U_k = conv3x3(R_k) with one shared conv; the neighbours k in [l - m, l + m] (m = num_levels // 2, clipped
 to the pyramid) are resized to level l's size by bilinear interpolation with PyTorch's align_corners=False rule and no

@@ -1,4 +1,4 @@
-"""The reference optimiser (SPEC §2.4): AdamW, backbone lr x0.1, global-norm clip, warm-up then step decay.
+"""The reference optimiser (docs/spec.md §2.4): AdamW, backbone lr x0.1, global-norm clip, warm-up then step decay.
 
 Frozen parameters (stem and the first `frozen_stages` stages) get zero gradients before clipping and zero updates, so
 they neither move nor decay; BatchNorm lives outside `params` and is never seen here.

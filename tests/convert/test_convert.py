@@ -1,4 +1,4 @@
-"""SPEC §10 state dicts -> Flax variables for every model variant; backbone / checkpoint initialisation; the CLI."""
+"""docs/spec.md §10 state dicts -> Flax variables for every model variant; backbone / checkpoint initialisation; the CLI."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""CrowdHuman odgt -> COCO json (SPEC §7.1) on a small odgt written by the test, through the tool and the loader."""
+"""CrowdHuman odgt -> COCO json (docs/spec.md §7.1) on a small odgt written by the test, through the tool and the loader."""
 import json
 import os
 import subprocess

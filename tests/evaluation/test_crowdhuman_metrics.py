@@ -1,4 +1,4 @@
-"""CrowdHuman AP50 / mMR / Recall on hand-built cases whose numbers are worked out by hand below (SPEC §7.2)."""
+"""CrowdHuman AP50 / mMR / Recall on hand-built cases whose numbers are worked out by hand below (docs/spec.md §7.2)."""
 import math
 
 import numpy as np

@@ -1,6 +1,6 @@
-"""Parameter shapes and counts of the released DATE models against the mmdet state_dict of SPEC §10.
+"""Parameter shapes and counts of the released DATE models against the mmdet state_dict of docs/spec.md §10.
 
-The expected state_dict is written out here from the SPEC's key list and module definitions; the Flax variables are
+The expected state_dict is written out here from docs/spec.md's key list and module definitions; the Flax variables are
 mapped to it with the mechanical rule documented in `date_jax/models/detector.py` (a converter relies on it).
 """
 import math
@@ -20,7 +20,7 @@ def _bn(prefix, channels):
 
 
 def mmdet_state_dict_shapes(depth, num_classes, o2o, o2m):
-    """SPEC §10 keys -> PyTorch shapes (num_batches_tracked left out: it is not a tensor of the model)."""
+    """docs/spec.md §10 keys -> PyTorch shapes (num_batches_tracked left out: it is not a tensor of the model)."""
     shapes = {"backbone.conv1.weight": (64, 3, 7, 7), **_bn("backbone.bn1", 64)}
     inplanes = 64
     for s, blocks in enumerate({50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth], start=1):

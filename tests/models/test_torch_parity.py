@@ -135,7 +135,7 @@ def test_frozen_bn_bottleneck(style):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# A whole tiny DATE in PyTorch, written from SPEC §2-§3 and §9 with mmdet's module names, against the Flax model fed
+# A whole tiny DATE in PyTorch, written from docs/spec.md §2-§3 and §9 with mmdet's module names, against the Flax model fed
 # the same state_dict through `state_dict_to_variables`.
 
 class _ConvModule(torch.nn.Module):
@@ -315,7 +315,7 @@ def test_whole_tiny_date_matches_pytorch(o2o, o2m, style):
     config.model.backbone.update(depth=50, style=style, base_width=4, stage_blocks=(1, 1, 1, 1))
     state = _well_scaled_state_dict(official_key_shapes(config.model), seed=3)
     reference = _TorchDATE(config.model).eval()
-    reference.load_state_dict(state, strict=True)          # SPEC §10 names are exactly this module tree's
+    reference.load_state_dict(state, strict=True)          # docs/spec.md §10 names are exactly this module tree's
     images = np.random.default_rng(0).integers(0, 256, (2, 96, 128, 3), dtype=np.uint8)
     with torch.no_grad():
         want = reference(torch.from_numpy(images))

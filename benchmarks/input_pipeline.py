@@ -16,15 +16,13 @@ import json
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+from PIL import Image, ImageDraw
+from train_step import write_json   # benchmarks/train_step.py, beside this script
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from train_step import write_json  # noqa: E402   (benchmarks/train_step.py, beside this script)
-
-from date_jax import config as config_lib  # noqa: E402
-from date_jax import cpu_memory  # noqa: E402
-from date_jax.data import pipeline  # noqa: E402
+from date_jax import config as config_lib
+from date_jax import runtime
+from date_jax.data import pipeline
 
 COCO_SIZES = ((480, 640), (427, 640), (640, 480), (480, 640), (425, 640), (512, 640), (640, 427), (375, 500))
 
@@ -111,5 +109,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cpu_memory.retain_freed_memory()   # first: before JAX creates its CPU client
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    runtime.configure()   # first: before JAX creates its client (and TensorFlow sees no GPU)
     main()

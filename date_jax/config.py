@@ -68,7 +68,7 @@ def data_config() -> ConfigDict:
         train_images="train2017",
         val_ann="annotations/instances_val2017.json",
         val_images="val2017",
-        tfds_name="coco/2017",      # source='tfds': a prepared tfds data set in ArrayRecord format (random access)
+        tfds_name="coco/2017",      # source='tfds': a prepared tfds data set, TFRecord (tfds default) or ArrayRecord
         tfds_data_dir="",           # '' -> the tfds default (~/tensorflow_datasets)
         tfds_train_split="train",
         tfds_val_split="validation",
@@ -86,10 +86,11 @@ def data_config() -> ConfigDict:
         eval_batch_size=8,          # global
         num_parallel_calls=-1,      # decode/transform threads per process; -1 -> one per CPU core
         prefetch=2,                 # batches decoded ahead (x the per-process batch size in images)
-        check_files=True,           # stat every image file once at start-up; missing ones are skipped and counted
+        check_files=True,           # stat every image file once at start-up; missing or empty ones are skipped, counted
         num_train_images=0,         # 0 -> read from the annotation file; used to turn epochs into steps
-        synthetic=dict(num_train=0, num_val=0, image_size=0, seed=0),  # source='synthetic': written to `root` on first
-                                    # use (annotations/instances_{train,val}.json, train/, val/); 0 -> 2000 / 200 / 160
+        synthetic=dict(num_train=0, num_val=0, image_size=0, seed=0),  # source='synthetic': written to `root` by
+                                    # synthetic.prepare before loading, only into a new or empty folder
+                                    # (annotations/instances_{train,val}.json, train/, val/); 0 -> 2000 / 200 / 160
     ))
 
 

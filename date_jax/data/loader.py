@@ -105,12 +105,8 @@ def _example_stream(config: ml_collections.ConfigDict, records: Annotations, iss
     """tf.data over `rows` -> the row numbers, in order, each yielded once `load_example` has left its example in
     `sink` (run in parallel); an unreadable image is counted and leaves a padding example with loaded=False."""
     import cv2
-    import tensorflow as tf
+    import tensorflow as tf   # the entry bootstrap (date_jax.runtime.configure) has hidden the GPUs from it
 
-    try:
-        tf.config.set_visible_devices([], "GPU")   # the accelerators belong to JAX
-    except (RuntimeError, ValueError):
-        pass
     cv2.setNumThreads(1)   # tf.data runs examples in parallel; OpenCV's own threads would only contend with it
     max_boxes = config.data.max_boxes
 

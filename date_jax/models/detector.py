@@ -88,6 +88,9 @@ def build_model(config: ml_collections.ConfigDict, conv_op: ConvOp = lax.conv_ge
     """The DATE network described by `config.model`, computing in `config.dtype` (params float32), its convolutions
     computed by `conv_op` (a drop-in for `lax.conv_general_dilated`)."""
     model = config.model
+    if model.num_classes < 1:
+        raise ValueError(f"config.model.num_classes={model.num_classes}: a model needs at least one class (0 means "
+                         "'read it from the training annotations' and is resolved by the training command)")
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype={config.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
     if model.backbone.style not in STYLES:

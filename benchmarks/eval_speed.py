@@ -1,6 +1,7 @@
 """Seconds to compute the COCO bbox metrics of 5,000 images x 100 detections (synthetic), per backend.
 
-    python benchmarks/eval_speed.py [--images 5000] [--dets 100] [--crowdhuman] [--out benchmarks/results/eval_speed.json]
+    python benchmarks/eval_speed.py [--images 5000] [--dets 100] [--crowdhuman] [--out
+    benchmarks/results/eval_speed.json]
 
 Ground truth: ~7 objects per image over 80 categories with COCO-like sizes (one in 50 a crowd box); detections: a
 noisy copy of most objects plus random boxes up to `--dets` per image. Timed: ground truth indexing, loadRes,
@@ -14,7 +15,6 @@ import platform
 import time
 
 import numpy as np
-
 from train_step import write_json
 
 from date_jax.evaluation import coco_metrics, crowdhuman_metrics

@@ -1,4 +1,5 @@
-"""NMS-free DATE inference speed: jitted predict (uint8 normalisation -> network -> top-k decode) latency and throughput.
+"""NMS-free DATE inference speed: jitted predict (uint8 normalisation -> network -> top-k decode) latency and
+throughput.
 
     python benchmarks/inference.py [--variant f|r|3dmf] [--size 512 512] [--batches 1 8] [--dtype float32]
         [--steps 3] [--repeats 3] [--peer torchvision] [--out benchmarks/results/inference.json]
@@ -19,9 +20,18 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-
-from train_step import (NUM_CLASSES, VARIANTS, benchmark_config, fmt_bytes, interleaved, machine_facts, peak_bytes,
-                        static_bytes, summarise, write_json)
+from train_step import (
+    NUM_CLASSES,
+    VARIANTS,
+    benchmark_config,
+    fmt_bytes,
+    interleaved,
+    machine_facts,
+    peak_bytes,
+    static_bytes,
+    summarise,
+    write_json,
+)
 
 from date_jax import runtime
 from date_jax.models import detector

@@ -1,4 +1,5 @@
-"""Input pipeline throughput with the COCO 1x transforms on generated 640x480-ish JPEGs (docs/design.md §5: >= 200 img/s/core).
+"""Input pipeline throughput with the COCO 1x transforms on generated 640x480-ish JPEGs (docs/design.md §5: >= 200
+img/s/core).
 
     PYTHONPATH=. python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
         [--num_parallel_calls -1] [--out benchmarks/results/input_pipeline.json]
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
-from train_step import write_json   # benchmarks/train_step.py, beside this script
+from train_step import write_json  # benchmarks/train_step.py, beside this script
 
 from date_jax import config as config_lib
 from date_jax import runtime

@@ -27,7 +27,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax import lax
 
 from date_jax import config as config_lib
@@ -72,7 +71,8 @@ def benchmark_config(variant: str, dtype: str, batch: int, max_boxes: int, tiny:
 
 def synthetic_batch(batch: int, image_hw: tuple[int, int], max_boxes: int, num_gts: int, seed: int = 0
                     ) -> dict[str, np.ndarray]:
-    """A COCO-like host batch (docs/design.md §2): random uint8 images [B,H,W,3], `num_gts` boxes of 16-300 px per image."""
+    """A COCO-like host batch (docs/design.md §2): random uint8 images [B,H,W,3], `num_gts` boxes of 16-300 px per
+    image."""
     rng = np.random.default_rng(seed)
     h, w = image_hw
     num_gts = min(num_gts, max_boxes)

@@ -19,8 +19,7 @@ import sys
 from typing import Callable, Sequence
 
 import ml_collections
-from absl import app, flags
-from absl import logging
+from absl import app, flags, logging
 
 # Libraries whose INFO chatter (every checkpoint write, every COCOeval stage, JAX's search for a TPU on a host
 # without one) drowns the progress lines: path fragments of the modules that log it.
@@ -93,7 +92,8 @@ def quiet_library_logs() -> None:
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
-    """Join the other processes of a multi-host job, from explicit flags or the cluster environment (TPU, SLURM, MPI)."""
+    """Join the other processes of a multi-host job, from explicit flags or the cluster environment (TPU, SLURM,
+    MPI)."""
     import jax
 
     if jax.distributed.is_initialized():

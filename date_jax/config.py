@@ -198,7 +198,8 @@ def tiny_model_config(num_classes: int = 3, o2o: str = "point", o2m: str = "fcos
 
 
 def reference_evaluation(config: ConfigDict) -> ConfigDict:
-    """Evaluate exactly as the reference does (docs/spec.md §D): float32 compute, each image padded to a multiple of 32 of its
+    """Evaluate exactly as the reference does (docs/spec.md §D): float32 compute, each image padded to a multiple of
+    32 of its
     own size, one image per batch. Changes nothing else (for the released weights, docs/pretrained.md)."""
     config.dtype = "float32"
     config.data.bucket_divisor = 32
@@ -207,7 +208,8 @@ def reference_evaluation(config: ConfigDict) -> ConfigDict:
 
 
 def use_3x_schedule(config: ConfigDict) -> ConfigDict:
-    """36 epochs with the DETR-style multi-scale + crop pipeline, decays after epochs 24 and 33 (docs/spec.md §2.3-2.4)."""
+    """36 epochs with the DETR-style multi-scale + crop pipeline, decays after epochs 24 and 33 (docs/spec.md
+    §2.3-2.4)."""
     config.data.pipeline = "3x"
     config.schedule.epochs = 36
     config.schedule.decay_epochs = (24, 33)
@@ -215,7 +217,8 @@ def use_3x_schedule(config: ConfigDict) -> ConfigDict:
 
 
 def use_crowdhuman(config: ConfigDict) -> ConfigDict:
-    """CrowdHuman recipe (docs/spec.md §7.3): 1 class, DETR-style Hungarian o2o cost, 30k iterations, CrowdHuman metrics."""
+    """CrowdHuman recipe (docs/spec.md §7.3): 1 class, DETR-style Hungarian o2o cost, 30k iterations, CrowdHuman
+    metrics."""
     config.model.num_classes = 1
     config.assign.o2o = "hungarian"
     d = config.data

@@ -32,7 +32,8 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, *, labels: np.ndarray | Non
 
 
 def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
-    """Zero-pad images [H_i, W_i, 3] at the bottom/right to a common size -> uint8 [K, H, W, 3] ([0, 1, 1, 3] if none)."""
+    """Zero-pad images [H_i, W_i, 3] at the bottom/right to a common size -> uint8 [K, H, W, 3] ([0, 1, 1, 3] if
+    none)."""
     if not images:
         return np.zeros([0, 1, 1, 3], np.uint8)
     h = max(im.shape[0] for im in images)

@@ -1,7 +1,8 @@
 """Loss terms of DATE (docs/spec.md §5) and `date_loss`, the weighted sum of both branches' terms given their targets.
 
 Pure functions of arrays: the targets come from `date_jax.assign.targets` (computed by the train step), the weights
-from `config.loss`. Normalisers are global over the whole batch (docs/spec.md §D.4): counts are summed over every example of
+from `config.loss`. Normalisers are global over the whole batch (docs/spec.md §D.4): counts are summed over every
+example of
 the (global) batch, so the value does not depend on how the batch is sharded. Examples with `example_mask == False`
 contribute nothing. Like mmdet, a loss with an average factor is sum / (factor + float32 eps).
 """

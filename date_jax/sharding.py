@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 # Batch keys that stay on the host (ids are only needed to write results).

@@ -13,7 +13,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from date_jax.train import checkpoints
+from date_jax import checkpoints
 from date_jax.train import step as step_lib
 
 CONFIG = ml_collections.ConfigDict({"seed": 0})

@@ -122,7 +122,8 @@ def test_3dmf_scores_are_clipped_product():
     f[0, 0, 0] = -30.0                                              # product underflows -> clipped to 1e-5
     z[0, 1, :] = 30.0
     f[0, 1, 0] = 30.0                                               # product -> 1, clipped to 1 - 1e-5
-    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    def sig(x):
+        return 1 / (1 + np.exp(-x.astype(np.float64)))
     expected = np.clip(sig(z) * sig(f), 1e-5, 1 - 1e-5)
     got = np.asarray(o2o_scores(jnp.asarray(z), jnp.asarray(f)))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -137,7 +138,8 @@ def test_fcos_with_nms_matches_reference():
     got = jax.jit(lambda lg, lt, c, s: decode.decode_fcos(lg, lt, c, s, image_hw=IMAGE_HW, score_thr=thr,
                                                          nms_pre=nms_pre, max_per_img=max_per_img,
                                                          iou_threshold=iou_thr))(logits, ltrb, centerness, image_shape)
-    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    def sig(x):
+        return 1 / (1 + np.exp(-x.astype(np.float64)))
     for b in range(2):
         cands = reference_candidates(sig(logits[b]), ltrb[b], image_shape[b], thr, nms_pre)
         cands = [(s * sig(centerness[b, n, 0]), box, c, n) for s, box, c, n in cands]

@@ -1,4 +1,5 @@
-"""Loss terms against hand-computed values; gradients never flow through the matching; degenerate batches stay finite."""
+"""Loss terms against hand-computed values; gradients never flow through the matching; degenerate batches stay
+finite."""
 import math
 
 import jax
@@ -8,9 +9,9 @@ import pytest
 
 from date_jax import boxes as box_ops
 from date_jax import losses, priors
+from date_jax.config import base_config, tiny_model_config
 from date_jax.models.head import filtered_logits
 from date_jax.train.step import batch_loss
-from date_jax.config import base_config, tiny_model_config
 
 LN2 = math.log(2.0)
 HW = (64, 64)

@@ -3,7 +3,8 @@
     python tools/convergence_study.py --workdir runs/study --steps 300 --eval_every 60 [--seeds 0 1]
         [--variants date_fcos poto] [--config configs/demo.py] [--set num_eval_images=100 ...]
 
-Variants (docs/spec.md §1, §11): `date_fcos` DATE with the FCOS one-to-many branch, `date_retina` DATE with the RetinaNet
+Variants (docs/spec.md §1, §11): `date_fcos` DATE with the FCOS one-to-many branch, `date_retina` DATE with the
+RetinaNet
 one-to-many branch, `poto` the one-to-one branch alone, `fcos_nms` the FCOS branch alone with NMS at test time.
 Each run is `train.py` in `WORKDIR/<variant>/seed<S>`, started in the repository root (relative paths in --set are
 relative to it), one after another, all from `WORKDIR/base_config.py`, a copy of --config made at the first call (edits

@@ -11,7 +11,8 @@ Files written (all from torch.manual_seed(0), so re-running reproduces them):
                                         in the legacy format like torchvision's own ImageNet files
   date_tiny_mmdet.pth                   a whole DATE checkpoint with docs/spec.md §10 names for `fixture_model_config()`
 
-`official_key_shapes(model_config)` spells out docs/spec.md §10's key pattern independently of the Flax model; the tests use it.
+`official_key_shapes(model_config)` spells out docs/spec.md §10's key pattern independently of the Flax model; the
+tests use it.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def official_key_shapes(model: config_lib.ConfigDict) -> dict[str, Shape]:
         shapes |= conv("bbox_head.predictors.0.conv_cls", classes) | conv("bbox_head.predictors.0.conv_reg", 4)
     if model.o2o == "3dmf":
         shapes |= conv("bbox_head.predictors.0.max3d.conv", feat) | conv("bbox_head.predictors.0.filter", 1)
-        shapes |= {"bbox_head.predictors.0.max3d.norm.weight": (feat,), "bbox_head.predictors.0.max3d.norm.bias": (feat,)}
+        shapes |= {f"bbox_head.predictors.0.max3d.norm.{leaf}": (feat,) for leaf in ("weight", "bias")}
     anchors = len(model.anchors.ratios) * model.anchors.scales_per_octave
     if model.o2m == "fcos":
         shapes |= conv("bbox_head.predictors.1.conv_cls", classes) | conv("bbox_head.predictors.1.conv_reg", 4)

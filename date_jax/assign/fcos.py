@@ -1,4 +1,5 @@
-"""FCOS one-to-many targets (docs/spec.md §4.3, vanilla mmdet FCOS): inside-box points, per-level size ranges, smallest area wins."""
+"""FCOS one-to-many targets (docs/spec.md §4.3, vanilla mmdet FCOS): inside-box points, per-level size ranges,
+smallest area wins."""
 from __future__ import annotations
 
 import jax

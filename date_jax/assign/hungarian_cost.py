@@ -1,6 +1,7 @@
 """DETR-style one-to-one assignment used on CrowdHuman (docs/spec.md §4.2): focal + L1 + GIoU cost, no spatial prior.
 
-C[n, g] = w_cls * (FL+(p) - FL-(p)) + w_l1 * |cxcywh(pred_n / [W, H]) - cxcywh(gt_g / [W, H])|_1 - w_giou * GIoU(pred_n, gt_g)
+C[n, g] = w_cls * (FL+(p) - FL-(p)) + w_l1 * |cxcywh(pred_n / [W, H]) - cxcywh(gt_g / [W, H])|_1 - w_giou *
+GIoU(pred_n, gt_g)
 with p = sigmoid(z[n, label_g]), FL+ = -a (1 - p)^gamma ln(p + 1e-12), FL- = -(1 - a) p^gamma ln(1 - p + 1e-12),
 and (H, W) the unpadded image size. The cost is minimised over all points.
 
@@ -33,7 +34,8 @@ def hungarian_cost(cls_logit: Array, pred_boxes: Array, gt_boxes: Array, image_s
 
 def hungarian_assign(cls_logits: Array, pred_boxes: Array, gt_boxes: Array, gt_labels: Array, gt_mask: Array,
                      image_shape: Array, **cost_kwargs: float) -> tuple[Array, Array]:
-    """DETR-style matching for one image: logits [N, C], pred [N, 4], gts [G, ...] -> (gt_to_point [G], point_to_gt [N])."""
+    """DETR-style matching for one image: logits [N, C], pred [N, 4], gts [G, ...] -> (gt_to_point [G], point_to_gt
+    [N])."""
     cls_logits, pred_boxes, labels = matching_inputs(cls_logits, pred_boxes, gt_labels)
     num_points, num_gts = cls_logits.shape[0], gt_boxes.shape[0]
     if num_gts == 0:

@@ -1,4 +1,5 @@
-"""POTO: prediction-aware one-to-one assignment (docs/spec.md §4.1 with the -1 prior of docs/spec.md §D.1), solved exactly in jit.
+"""POTO: prediction-aware one-to-one assignment (docs/spec.md §4.1 with the -1 prior of docs/spec.md §D.1), solved
+exactly in jit.
 
 Quality of point n for ground truth g: q[n, g] = p^(1 - alpha) * IoU(pred_n, gt_g)^alpha with p = sigmoid(z[n, label_g])
 when n lies strictly inside the centre prior of g (the box [c - r*s, c + r*s] of its level's stride s intersected with

@@ -1,4 +1,5 @@
-"""RetinaNet one-to-many targets (docs/spec.md §4.4): mmdet MaxIoUAssigner with low-quality matches, delta regression targets.
+"""RetinaNet one-to-many targets (docs/spec.md §4.4): mmdet MaxIoUAssigner with low-quality matches, delta regression
+targets.
 
 Only the anchors inside an image's own padded shape take part, as in mmdet: each image is padded to a multiple of 32
 (its `pad_shape`) and the anchor generator's valid flags keep, per level of stride s, the locations (i, j) with

@@ -28,7 +28,8 @@ flags.mark_flags_as_required(["config", "pth", "workdir"])
 
 
 def convert(config: Any, pth: str, workdir: str, step: int = 0, strict: bool = True) -> dict:
-    """Read `pth`, map it onto the model of `config`, and save it as checkpoint `step` of `workdir`; returns variables."""
+    """Read `pth`, map it onto the model of `config`, and save it as checkpoint `step` of `workdir`; returns
+    variables."""
     import jax
     import numpy as np
 

@@ -28,7 +28,7 @@ def _main(argv: list[str], preemption: Preemption) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {argv[1:]} (config values go as --config.key=value)")
     from date_jax import checkpoints, workdir_lock
-    from date_jax.train import loop   # after the bootstrap: importing backends must not touch devices first
+    from date_jax.train import loop  # after the bootstrap: importing backends must not touch devices first
 
     try:
         metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, preemption)

@@ -58,7 +58,8 @@ class ConversionReport:
 
 
 def torch_module_name(module_path: Path) -> str:
-    """Flax module path -> mmdet module name, e.g. ('backbone', 'layer1_0', 'downsample_0') -> 'backbone.layer1.0.downsample.0'."""
+    """Flax module path -> mmdet module name, e.g. ('backbone', 'layer1_0', 'downsample_0') ->
+    'backbone.layer1.0.downsample.0'."""
     parts: list[str] = []
     for element in module_path:
         head, sep, tail = element.rpartition("_")

@@ -1,9 +1,11 @@
-"""The DATE detector: uint8 images -> normalisation -> ResNet -> FPN -> DATE head -> network-output dict (docs/design.md §2).
+"""The DATE detector: uint8 images -> normalisation -> ResNet -> FPN -> DATE head -> network-output dict
+(docs/design.md §2).
 
 `build_model(config)` reads `config.model` and `config.dtype`; params are float32, computation runs in `config.dtype`,
 outputs are float32. Variables: `params` (trainable) and `batch_stats` (frozen BatchNorm: scale, bias, mean, var).
 
-Name mapping to the mmdet state_dict (docs/spec.md §10), mechanical: split the Flax path at '/', turn every `name_k` list
+Name mapping to the mmdet state_dict (docs/spec.md §10), mechanical: split the Flax path at '/', turn every `name_k`
+list
 element into `name.k`, join with '.', and map the leaf:
   conv `kernel` [kh,kw,in,out]  <- `weight` [out,in,kh,kw] transposed (2, 3, 1, 0);  conv `bias` <- `bias`
   GroupNorm `scale`/`bias`      <- `weight`/`bias`   (cls_convs_i/gn, reg_convs_i/gn, predictors_0/max3d/norm)

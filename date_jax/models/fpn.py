@@ -1,4 +1,5 @@
-"""FPN neck P3-P7 of docs/spec.md §2.2 (mmdet `FPN`, start_level 1, add_extra_convs='on_output', ReLU before extra convs).
+"""FPN neck P3-P7 of docs/spec.md §2.2 (mmdet `FPN`, start_level 1, add_extra_convs='on_output', ReLU before extra
+convs).
 
 Laterals are 1x1 convs on C3-C5; the top-down path resizes each coarser map to the exact size of the finer one with
 PyTorch's legacy `nearest` rule and adds it; P3-P5 are 3x3 convs of the sums; P6 is a 3x3/2 conv of the P5 output and

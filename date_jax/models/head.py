@@ -154,7 +154,8 @@ class RetinaPredictor(nn.Module):
 
 
 class DATEHead(nn.Module):
-    """Shared towers + Scales + the configured predictors: list of [B,H_l,W_l,C] -> network-output dict (docs/design.md §2)."""
+    """Shared towers + Scales + the configured predictors: list of [B,H_l,W_l,C] -> network-output dict
+    (docs/design.md §2)."""
 
     num_classes: int
     strides: Sequence[int] = (8, 16, 32, 64, 128)

@@ -1,6 +1,7 @@
 """ResNet-18/34/50/101 backbone with frozen BatchNorm, NHWC, PyTorch-exact padding (mmdet `ResNet` naming).
 
-Styles (docs/spec.md §2.1): `caffe` puts the stride of a bottleneck on its first 1x1 conv (`conv1`), `pytorch` on the 3x3
+Styles (docs/spec.md §2.1): `caffe` puts the stride of a bottleneck on its first 1x1 conv (`conv1`), `pytorch` on the
+3x3
 (`conv2`). Every conv pads explicitly and symmetrically by kernel // 2 (never 'SAME'); the stem max-pool is 3x3/2 with
 padding 1 of -inf. BatchNorm is frozen: its affine parameters and running statistics all live in the non-trainable
 collection `batch_stats` and are never updated.

@@ -99,7 +99,7 @@ SCRIPT = textwrap.dedent('''
     results["loss"] = dict(plain={k: float(v) for k, v in plain_terms.items()},
                            sharded={k: float(v) for k, v in sharded_terms.items()}, collectives_in_loops=loss_found)
     print("RESULT" + json.dumps(results))
-''')
+''')  # noqa: E501 (the worker script's regular expressions read best on one line)
 
 
 @pytest.mark.slow

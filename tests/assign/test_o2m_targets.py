@@ -149,7 +149,8 @@ def _retina_fn():
 def test_retina_targets_equal_loop_reference(num_valid, seed, image_shape):
     anchors = priors.anchors(IMAGE_HW)
     boxes, labels, mask = random_scene(np.random.default_rng(seed), num_valid, 9, image_shape)
-    if seed == 4:      # a thin gt on the bottom edge: an anchor centred on the edge (off the padded shape) ties its best IoU
+    # seed 4: a thin gt on the bottom edge; an anchor centred on the edge (off the padded shape) ties its best IoU
+    if seed == 4:
         boxes[0] = [40, 92, 72, 96]
     got = jax.device_get(_retina_fn()(boxes[None], labels[None], mask[None], np.asarray([image_shape], np.int32)))
     got = {k: v[0] for k, v in got.items()}

@@ -114,8 +114,9 @@ def reference_detr_cost(logits, pred, gts, labels, image_hw):
         focal = -0.25 * (1 - p) ** 2 * np.log(p + 1e-12) + 0.75 * p ** 2 * np.log(1 - p + 1e-12)
         scale = np.array([w, h, w, h])
         pn, gn = pred / scale, box / scale
-        to_cxcywh = lambda b: np.stack([(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2,
-                                        b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]], -1)
+        def to_cxcywh(b):
+            return np.stack([(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2,
+                                                b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]], -1)
         l1 = np.abs(to_cxcywh(pn) - to_cxcywh(gn)).sum(-1)
         iw = np.clip(np.minimum(pred[:, 2], box[2]) - np.maximum(pred[:, 0], box[0]), 0, None)
         ih = np.clip(np.minimum(pred[:, 3], box[3]) - np.maximum(pred[:, 1], box[1]), 0, None)

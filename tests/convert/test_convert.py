@@ -1,4 +1,5 @@
-"""docs/spec.md §10 state dicts -> Flax variables for every model variant; backbone / checkpoint initialisation; the CLI."""
+"""docs/spec.md §10 state dicts -> Flax variables for every model variant; backbone / checkpoint initialisation; the
+CLI."""
 import os
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def test_module_names():
     assert mmdet.torch_module_name(("bbox_head", "predictors_0", "conv_cls")) == "bbox_head.predictors.0.conv_cls"
     assert mmdet.torch_key("batch_stats", ("backbone", "bn1", "var"), 1) == "backbone.bn1.running_var"
     assert mmdet.torch_key("params", ("bbox_head", "scales_2", "scale"), 0) == "bbox_head.scales.2.scale"
-    assert mmdet.torch_key("params", ("bbox_head", "cls_convs_0", "gn", "scale"), 1) == "bbox_head.cls_convs.0.gn.weight"
+    assert (mmdet.torch_key("params", ("bbox_head", "cls_convs_0", "gn", "scale"), 1)
+            == "bbox_head.cls_convs.0.gn.weight")
 
 
 def test_scales_stored_with_shape_one_are_accepted():

@@ -5,7 +5,6 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -184,7 +183,8 @@ def test_two_processes_gather_the_same_detections(workdir, cli_run, tmp_path):
     assert results[0]["metrics"] == results[1]["metrics"]                     # broadcast to every process
     for name, value in results[0]["metrics"].items():
         assert value == pytest.approx(single_metrics[name], abs=1e-6)
-    key = lambda d: (d["image_id"], -d["score"], d["category_id"])
+    def key(d):
+        return (d["image_id"], -d["score"], d["category_id"])
     multi = sorted(results[0]["detections"], key=key)
     single = sorted(single, key=key)
     assert [d["image_id"] for d in multi] == [d["image_id"] for d in single]

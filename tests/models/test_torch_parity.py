@@ -10,9 +10,8 @@ F = torch.nn.functional
 
 from date_jax.convert import mmdet  # noqa: E402
 from date_jax.models.fpn import resize_nearest  # noqa: E402
-from date_jax.models.layers import group_norm  # noqa: E402
+from date_jax.models.layers import group_norm, torch_conv  # noqa: E402
 from date_jax.models.max_filter import resize_bilinear  # noqa: E402
-from date_jax.models.layers import torch_conv  # noqa: E402
 from date_jax.models.resnet import Bottleneck, max_pool_3x3_s2  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -135,7 +134,8 @@ def test_frozen_bn_bottleneck(style):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# A whole tiny DATE in PyTorch, written from docs/spec.md §2-§3 and §9 with mmdet's module names, against the Flax model fed
+# A whole tiny DATE in PyTorch, written from docs/spec.md §2-§3 and §9 with mmdet's module names, against the Flax
+# model fed
 # the same state_dict through `state_dict_to_variables`.
 
 class _ConvModule(torch.nn.Module):

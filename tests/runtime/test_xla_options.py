@@ -33,12 +33,11 @@ def test_no_options_when_xla_flags_choose(monkeypatch):
 def test_train_step_and_predict_are_jitted_with_the_options():
     """The executables the loop and the evaluator build carry the options: no YNNPACK fusion in their HLO, where
     the same predict jitted with XLA's defaults has some."""
-    from tests.train.sharded_training_worker import SIZE, fixed_batch, tiny_config
-
     from date_jax import sharding
     from date_jax.models import detector
     from date_jax.predictor import Predictor
     from date_jax.train import setup
+    from tests.train.sharded_training_worker import SIZE, fixed_batch, tiny_config
 
     config = tiny_config("fcos")
     predictor = Predictor(config)

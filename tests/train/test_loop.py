@@ -2,8 +2,8 @@
 (which also evaluates periodically and prints a readable console), SIGTERM leaves a restorable checkpoint and exits 0
 (also during start-up), Ctrl-C exits 130 after a checkpoint, a NaN loss stops the run with the step named."""
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""The optimizer against docs/spec.md §2.4: lr schedule by hand, one AdamW step against a numpy re-derivation of PyTorch's."""
+"""The optimizer against docs/spec.md §2.4: lr schedule by hand, one AdamW step against a numpy re-derivation of
+PyTorch's."""
 import jax
 import numpy as np
 import pytest

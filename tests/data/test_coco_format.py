@@ -12,7 +12,7 @@ from PIL import Image
 from date_jax import cli
 from date_jax.data import pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CATEGORIES = [dict(id=3, name="leaf"), dict(id=7, name="trunk"), dict(id=9, name="bird")]   # ids need not be 1..C
 
 

@@ -108,7 +108,7 @@ def test_written_by_prepare_never_by_loading(tmp_path):
 
 def test_make_synthetic_dataset_tool_refuses_with_one_line(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"x")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "tools/make_synthetic_dataset.py", "--root", str(tmp_path)], cwd=root,
                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root})
     assert result.returncode != 0 and "Traceback" not in result.stderr

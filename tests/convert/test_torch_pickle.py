@@ -211,7 +211,7 @@ def _capped_load(path) -> str:
     """The outcome line of `torch_pickle.load(path)` in a child limited to MEMORY_CAP bytes of address space."""
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "-c", _CAPPED_LOAD.format(cap=MEMORY_CAP), str(path)], cwd=root,
                             capture_output=True, text=True, timeout=120)
     return result.stdout.strip() or result.stderr.strip().splitlines()[-1]

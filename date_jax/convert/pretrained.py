@@ -2,7 +2,8 @@
 `config.init_from.checkpoint` (a whole mmdet DATE checkpoint), applied to freshly initialised variables.
 
 Either may be a path or a name (`open-mmlab://detectron/resnet50_caffe`, `torchvision://resnet50`, a URL), which is
-downloaded once into the cache and hash-checked (`date_jax.convert.download`). Both load through the safe reader (`torch_pickle.load`) and the SPEC §10 name map (`mmdet.match_state_dict`); every
+downloaded once into the cache and hash-checked (`date_jax.convert.download`). Both load through the safe reader
+(`torch_pickle.load`) and the SPEC §10 name map (`mmdet.match_state_dict`); every
 loaded, missing and unused key is reported in the log, and variables the file does not provide keep their fresh values.
 A shape mismatch, or a file of which nothing fits, stops with an error naming the keys.
 """

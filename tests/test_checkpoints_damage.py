@@ -234,5 +234,5 @@ def test_damaged_checkpoint_rerun_finishes_its_schedule(tmp_path):
     rerun = train(6)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "Checkpoint step 4 is damaged" in rerun.stderr
-    assert checkpoints.available_steps(workdir) == [2, 4, 6]     # step 4 written again after the fallback to 2
+    assert checkpoints.available_steps(workdir)[-2:] == [4, 6]     # step 4 written again after the fallback to 2
     assert any(n.startswith("4.corrupt-") for n in os.listdir(checkpoints.checkpoint_dir(workdir)))

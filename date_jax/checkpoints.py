@@ -330,6 +330,7 @@ def _tree_bytes(path: str) -> int:
 
 
 def _mib(n: int) -> str:
+    """A byte count for a message: MiB from 1 MiB on, else bytes."""
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 

@@ -199,7 +199,40 @@ def test_other_write_errors_stop_with_their_cause(tmp_path, monkeypatch):
     async def read_only(self, item, directory):
         raise PermissionError(errno.EACCES, "Permission denied", str(directory))
     monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", read_only)
-    with pytest.raises(checkpoints.CheckpointWriteError,
-                       match=r"step 4 .* failed \(PermissionError: .*Permission denied.*last good checkpoint is step 2"):
+    expected = r"step 4 .* failed \(PermissionError: .*Permission denied.*last good checkpoint is step 2"
+    with pytest.raises(checkpoints.CheckpointWriteError, match=expected):
         checkpoints.save_or_stop(manager, 4, _state(4), CONFIG, force=True)
     assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ["2"]
+
+
+@pytest.mark.slow
+def test_damaged_checkpoint_rerun_finishes_its_schedule(tmp_path):
+    """train.py end to end: the newest checkpoint truncated, the rerun falls back, moves it aside and saves past it."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = str(tmp_path / "run")
+
+    def train(steps):
+        command = [sys.executable, "train.py", "--config", "configs/demo.py", "--workdir", workdir,
+                   f"--config.data.root={tmp_path / 'data'}", "--config.data.synthetic.num_train=16",
+                   "--config.data.synthetic.num_val=4", "--config.data.synthetic.image_size=64",
+                   "--config.data.train_short_sizes=(64,)", "--config.data.test_short_size=64",
+                   "--config.data.max_size=64", "--config.data.batch_size=4", "--config.data.eval_batch_size=4",
+                   "--config.model.backbone.base_width=8", "--config.model.neck.out_channels=16",
+                   "--config.model.head.feat_channels=16", "--config.model.head.num_groups=4",
+                   f"--config.schedule.num_steps={steps}", "--config.schedule.decay_steps=()",
+                   "--config.optim.warmup_steps=1", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+                   "--config.num_eval_images=4", "--config.num_summary_images=0"]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+
+    first = train(4)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert checkpoints.available_steps(workdir) == [2, 4]
+    _truncate(os.path.join(checkpoints.checkpoint_dir(workdir), "4"))
+    rerun = train(6)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Checkpoint step 4 is damaged" in rerun.stderr
+    assert checkpoints.available_steps(workdir)[-2:] == [4, 6]     # step 4 written again after the fallback to 2
+    assert any(n.startswith("4.corrupt-") for n in os.listdir(checkpoints.checkpoint_dir(workdir)))

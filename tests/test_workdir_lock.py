@@ -72,10 +72,10 @@ def test_lock_of_a_killed_holder_is_not_stale(tmp_path):
 
 def test_released_when_the_run_raises_and_disabled_off_process_0(tmp_path):
     workdir = str(tmp_path / "run")
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RuntimeError, match="the run failed"):
         with workdir_lock.WorkdirLock(workdir):
             assert _contend(workdir).returncode == 2     # held while the body runs (same process, other file handle)
-            1 / 0
+            raise RuntimeError("the run failed")
     assert _contend(workdir).stdout.strip() == "acquired"
     with workdir_lock.WorkdirLock(workdir, enabled=False):
         assert _contend(workdir).stdout.strip() == "acquired"

@@ -73,6 +73,7 @@ def expected_hash(file_name: str) -> str | None:
 
 
 def _sha256(path: str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -247,8 +247,8 @@ def test_legacy_storage_longer_than_the_file_is_refused(tmp_path):
     _legacy_stream(path, main, ["0"], struct.pack("<q", 10 ** 10) + b"\x00" * 4)   # 40 GB declared, 4 bytes there
     assert os.path.getsize(path) < 1024
     outcome = _capped_load(path)
-    assert outcome.startswith("CheckpointFormatError: ") and "storage '0' declares 10,000,000,000 elements" in outcome, \
-        outcome
+    assert outcome.startswith("CheckpointFormatError: "), outcome
+    assert "storage '0' declares 10,000,000,000 elements" in outcome
 
 
 def test_pickle_string_longer_than_the_file_is_refused(tmp_path):
@@ -272,5 +272,5 @@ def test_zip_record_declaring_more_than_the_file_is_refused(tmp_path):
     data[central + 20:central + 28] = huge + huge
     with open(path, "wb") as f:
         f.write(bytes(data))
-    with pytest.raises(torch_pickle.CheckpointFormatError, match="record 'archive/data/0' declares 4,294,967,280 bytes"):
+    with pytest.raises(torch_pickle.CheckpointFormatError, match="'archive/data/0' declares 4,294,967,280 bytes"):
         torch_pickle.load(path)

@@ -11,5 +11,5 @@ def get_config():
     config = config_lib.use_3x_schedule(config_lib.base_config())
     config.dtype = "bfloat16"
     config.model.backbone.depth = 101
-    config.init_from.backbone = "pretrained/resnet101_caffe-3ad79236.pth"
+    config.init_from.backbone = "open-mmlab://detectron/resnet101_caffe"
     return config

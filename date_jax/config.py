@@ -143,9 +143,9 @@ def base_config() -> ConfigDict:
     config.test = test_config()
     config.optim = optim_config()
     config.schedule = schedule_config()
-    # The reference starts from Detectron's caffe ResNet-50 (open-mmlab://detectron/resnet50_caffe); download it to
-    # this path (see docs/pretrained.md) or set --config.init_from.backbone='' to train from scratch.
-    config.init_from = ConfigDict(dict(backbone="pretrained/resnet50_caffe-788b5fa3.pth", checkpoint=""))
+    # The reference starts from Detectron's caffe ResNet-50: downloaded into $DATE_JAX_CACHE on first use and
+    # hash-checked (docs/pretrained.md); a local .pth path works too, and '' trains from scratch.
+    config.init_from = ConfigDict(dict(backbone="open-mmlab://detectron/resnet50_caffe", checkpoint=""))
     config.log_every_steps = 50
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 3

@@ -28,6 +28,7 @@ def _main(argv: list[str], preemption: Preemption) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {argv[1:]} (config values go as --config.key=value)")
     from date_jax import checkpoints, workdir_lock
+    from date_jax.convert import download
     from date_jax.train import loop  # after the bootstrap: importing backends must not touch devices first
 
     try:
@@ -35,7 +36,8 @@ def _main(argv: list[str], preemption: Preemption) -> None:
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_NON_FINITE)
-    except (workdir_lock.WorkdirBusyError, checkpoints.CheckpointWriteError, checkpoints.CheckpointDamageError) as e:
+    except (workdir_lock.WorkdirBusyError, checkpoints.CheckpointWriteError, checkpoints.CheckpointDamageError,
+            download.WeightsDownloadError) as e:
         raise cli.UserError(str(e)) from None
     if preemption.requested:
         print(f"stopped by signal {preemption.signal}: resume with the same command", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import pytest
 
 from date_jax.convert import download, pretrained, torch_pickle
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 FIXTURE = os.path.join(FIXTURES, "tensors_zip.pth")
 
 

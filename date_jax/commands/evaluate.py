@@ -35,8 +35,11 @@ def _main(argv: list[str]) -> None:
     if FLAGS.reference:
         config = config_lib.reference_evaluation(config.copy_and_resolve_references())
     synthetic.prepare(config.data)
-    results = run.evaluate_workdir(config, FLAGS.workdir, FLAGS.step, watch=FLAGS.watch,
-                                   watch_interval_s=FLAGS.watch_interval, watch_timeout_s=FLAGS.watch_timeout)
+    try:
+        results = run.evaluate_workdir(config, FLAGS.workdir, FLAGS.step, watch=FLAGS.watch,
+                                       watch_interval_s=FLAGS.watch_interval, watch_timeout_s=FLAGS.watch_timeout)
+    except checkpoints.CheckpointDamageError as e:
+        raise cli.UserError(str(e)) from None
     for step, metrics in sorted(results.items()):
         print(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
 

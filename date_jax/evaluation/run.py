@@ -43,8 +43,9 @@ class Run:
         self.writer = metric_writers.create_default_writer(os.path.join(workdir, evaluators_lib.EVAL_SUBDIR),
                                                            just_logging=jax.process_index() > 0)
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Evaluate checkpoint `step`; process 0 writes its results. Returns the metrics (on every process)."""
+    def evaluate(self, step: int | None) -> tuple[int, dict[str, float]]:
+        """Evaluate checkpoint `step` (None: the newest undamaged one); process 0 writes its results. Returns the step
+        and its metrics (on every process)."""
         step, variables = checkpoints.restore_variables(self.workdir, step, self.expected)
         self.predictor.load(variables)
         predicted = [evaluator.predict(self.predictor) for evaluator in self.evaluators]
@@ -58,12 +59,12 @@ class Run:
             self.writer.write_images(step, {"val/predictions": result.pictures})
         self.writer.flush()
         logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        return metrics
+        return step, metrics
 
     def evaluate_if_present(self, step: int) -> dict[str, float] | None:
-        """`evaluate(step)`, or None (with one warning) when the step vanished before it could be read."""
+        """`evaluate(step)`'s metrics, or None (with one warning) when the step vanished before it could be read."""
         try:
-            return self.evaluate(step)
+            return self.evaluate(step)[1]
         except (FileNotFoundError, ValueError, OSError) as e:
             if step in checkpoints.available_steps(self.workdir):
                 raise
@@ -72,13 +73,13 @@ class Run:
             return None
 
 
-def _todo(steps: Sequence[int], which: int | str) -> list[int]:
-    """The steps to evaluate first: all, one, or the latest."""
+def _todo(steps: Sequence[int], which: int | str, watch: bool) -> list[int | None]:
+    """The steps to evaluate first: all, one, or the latest (None: the newest undamaged one)."""
     if which == "all":
         return list(steps)
     if isinstance(which, int):
         return [which]
-    return list(steps[-1:])
+    return list(steps[-1:]) if watch else [None]
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, step: str = "latest", *, watch: bool = False,
@@ -90,15 +91,19 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, step: str 
     if not watch or isinstance(which, int):
         checkpoints.resolve_step(workdir, which if isinstance(which, int) else None)   # one message for both
     run = Run(config, workdir)
-    todo = _todo(steps, which)
+    todo = _todo(steps, which, watch)
     results: dict[int, dict[str, float]] = {}
-    seen = set(todo)
+    seen = set(steps[-1:] if which == "latest" else todo)
     last_new = time.monotonic()
     while True:
         for s in todo:
-            metrics = run.evaluate_if_present(s) if watch else run.evaluate(s)
-            if metrics is not None:
-                results[s] = metrics
+            if watch:
+                metrics = run.evaluate_if_present(s)
+                if metrics is not None:
+                    results[s] = metrics
+            else:
+                evaluated, metrics = run.evaluate(s)
+                results[evaluated] = metrics
         if not watch:
             break
         if todo:

@@ -95,11 +95,13 @@ class _MetricWindow:
             if not m["finite"]:
                 bad = self.first_step + i + 1
                 where = (f"step {last_good_checkpoint}" if last_good_checkpoint is not None else "none yet")
+                what = "loss" if not np.isfinite(m["loss"]) else ("gradients" if not m["grads_finite"] else "update")
                 raise NonFiniteLossError(
-                    f"The loss or its gradient became non-finite at step {bad} (loss {float(m['loss'])}, terms: "
-                    f"{ {k: float(v) for k, v in m.items() if k not in ('finite',)} }). The last good checkpoint is "
+                    f"The {what} became non-finite at step {bad} (loss {float(m['loss'])}, terms: "
+                    f"{ {k: float(v) for k, v in m.items() if k not in ('finite', 'grads_finite')} }). The last good checkpoint is "
                     f"{where}; lower optim.base_lr or check the data, then rerun the same command to resume.")
-        means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"} if host else {}
+        means = ({k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("finite", "grads_finite")}
+                 if host else {})
         means["input_wait_share"] = self.input_wait / max(seconds, 1e-9)
         return means, steps, seconds
 

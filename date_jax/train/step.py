@@ -86,6 +86,20 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def guarded_update(state: TrainState, grads: Any, loss: jax.Array,
+                   optimizer: Optimizer) -> tuple[Any, Any, jax.Array, jax.Array]:
+    """One optimizer update that is applied only when the loss, every trainable gradient and every update are finite
+    -> (params, opt_state, finite [], grads_finite []); otherwise params and optimizer state come back unchanged.
+    (Checked before the update: clipping by the global norm would spread one inf over every parameter.)"""
+    trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
+    grads_finite = _all_finite(trainable_grads)
+    finite = jnp.isfinite(loss) & grads_finite & _all_finite(updates)
+    params = jax.tree.map(lambda p, u: jnp.where(finite, p + u, p), state.params, updates)
+    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+    return params, opt_state, finite, grads_finite
+
+
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: Optimizer,
                config: ml_collections.ConfigDict, mesh: Mesh | None) -> tuple[TrainState, Metrics]:
     """Loss, gradients and one optimizer update -> (new state, scalar metrics)."""
@@ -96,15 +110,11 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: 
         return total, (terms, assignment_metrics(targets, batch))
 
     (loss, (terms, assigned)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    params, opt_state, finite, grads_finite = guarded_update(state, grads, loss, optimizer)
     trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
-    updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
-    finite = jnp.isfinite(loss) & _all_finite(trainable_grads)
-    # A non-finite loss or gradient leaves the state untouched; the loop stops the run when it sees the flag.
-    params = jax.tree.map(lambda p, u: jnp.where(finite, p + u, p), state.params, updates)
-    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
     metrics = {"loss": loss, **terms, **assigned, "grad_norm": optax.tree.norm(trainable_grads),
                "param_norm": optax.tree.norm(params), "lr": optimizer.schedule(state.step),
-               "finite": finite.astype(jnp.float32),
+               "finite": finite.astype(jnp.float32), "grads_finite": grads_finite.astype(jnp.float32),
                "num_gt": jnp.sum(batch["box_mask"] & batch["example_mask"][:, None]).astype(jnp.float32)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -130,7 +130,7 @@ def test_nan_loss_stops_the_run_naming_the_step(shared, tmp_path):
     result = subprocess.run(_command(shared, workdir, 10, "--config.loss.o2o_cls=nan"), cwd=ROOT, env=_env(shared),
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 3
-    assert "became non-finite at step 1 (loss nan" in result.stderr
+    assert "The loss became non-finite at step 1 (loss nan" in result.stderr
     assert "last good checkpoint is none yet" in result.stderr
     assert checkpoints.available_steps(workdir) == []
 

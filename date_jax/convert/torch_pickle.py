@@ -392,7 +392,8 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
 
 
 def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Tensors of a `torch.save` file as {dotted name: array} (the `state_dict` entry if any; `meta`/`optimizer` skipped).
+    """Tensors of a `torch.save` file as {dotted name: array} (the `state_dict` entry if any; `meta`/`optimizer`
+    skipped).
 
     Arrays keep the tensor's shape and dtype (bfloat16 as `ml_dtypes.bfloat16`). Raises `UnsafeCheckpointError` for a
     pickle that needs any global beyond tensor rebuilding, `CheckpointFormatError` for an unreadable file.

@@ -96,10 +96,11 @@ class _MetricWindow:
                 bad = self.first_step + i + 1
                 where = (f"step {last_good_checkpoint}" if last_good_checkpoint is not None else "none yet")
                 what = "loss" if not np.isfinite(m["loss"]) else ("gradients" if not m["grads_finite"] else "update")
+                terms = {k: float(v) for k, v in m.items() if k not in ("finite", "grads_finite")}
                 raise NonFiniteLossError(
-                    f"The {what} became non-finite at step {bad} (loss {float(m['loss'])}, terms: "
-                    f"{ {k: float(v) for k, v in m.items() if k not in ('finite', 'grads_finite')} }). The last good checkpoint is "
-                    f"{where}; lower optim.base_lr or check the data, then rerun the same command to resume.")
+                    f"The {what} became non-finite at step {bad} (loss {float(m['loss'])}, terms: {terms}). The last "
+                    f"good checkpoint is {where}; lower optim.base_lr or check the data, then rerun the same command "
+                    "to resume.")
         means = ({k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("finite", "grads_finite")}
                  if host else {})
         means["input_wait_share"] = self.input_wait / max(seconds, 1e-9)

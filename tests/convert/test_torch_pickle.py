@@ -136,7 +136,9 @@ def _tensor(offset: int, size: tuple, stride: tuple, numel: int, storage: bytes 
                  _tuple(*map(_int, size)), _tuple(*map(_int, stride)), b"\x89", hooks)
 
 
-def _checkpoint_with(tmp_path, value: bytes, storage_values=np.arange(6, dtype=np.float32)) -> str:
+def _checkpoint_with(tmp_path, value: bytes, storage_values: np.ndarray | None = None) -> str:
+    """A zip checkpoint {'w': `value`} whose storage 0 holds `storage_values` (default 0..5)."""
+    storage_values = np.arange(6, dtype=np.float32) if storage_values is None else storage_values
     path = str(tmp_path / "hand.pth")
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", b"\x80\x02}" + _str("w") + value + b"s.")

@@ -1,14 +1,25 @@
 """Exact linear assignment inside jit, and the candidate-restricted form used by the one-to-one assigners.
 
 `linear_sum_assignment` has scipy's meaning for any finite 2-D cost matrix: min(N, M) (row, column) pairs, rows
-ascending, minimal (or maximal) total. The solver is the shortest-augmenting-path method (Jonker-Volgenant style
-Dijkstra on reduced costs with row/column duals, as in scipy) over the rows of the small side: an outer
-`lax.while_loop` adds one row at a time, an inner one grows the shortest-path tree, a third flips the path. Every
-step is a vector operation over the columns, so it is jittable and vmappable with static shapes; the outer loop runs
-over a dynamic number of rows, so padded rows cost nothing.
-`optax.assignment.hungarian_algorithm` was evaluated first: equally exact, but on this 2-core CPU it takes ~0.12 s
-for eight vmapped uniform-random 100 x 4,600 problems where this solver takes ~0.04 s (both ~0.07 s on POTO's mostly
-constant costs), and it must process every (also padded) row.
+ascending, minimal (or maximal) total. It solves over the rows of the small side (n <= m) and keeps row duals u and
+column duals v with the optimality conditions of the rectangular problem (docs/spec.md §D.2): c - u - v >= 0 on every
+matched row, = 0 on its pair, v <= 0, and v = 0 on every free column. Two phases, each a `lax.while_loop`, one after
+the other (never nested, so under vmap a batch makes the sum over the loops of its slowest example's trips):
+1. Auction without slack (Jonker-Volgenant's reduction steps, all rows at once): every free row bids for its
+   cheapest column at reduced cost, the price at which its second-cheapest becomes as good; each column goes to its
+   highest bidder and its old owner becomes free. A first round where every row bids runs before the loop; then each
+   trip lets the first `AUCTION_WIDTH` free rows bid, while a bid is possible, at most `AUCTION_ROUNDS` trips. The
+   conditions above hold after every round, so what is matched is part of an optimum of the rows matched so far.
+2. Shortest augmenting paths (Dijkstra on reduced costs, as in scipy) for the rows still free, in index order: one
+   trip scans one row of the path tree; the trip that reaches a free column also updates the duals, flips the path
+   (pointer doubling, no loop) and starts the next free row.
+Ties: a row takes a free column before a matched one at the same reduced cost, then the lowest index, in both
+phases; so a row whose costs are all equal (an empty centre prior) takes the lowest-index column left free when it
+is placed. When several such rows compete with another row for the same low columns, which of them takes which
+column can differ from scipy's (equally optimal).
+Every step is a vector operation, so the solver is jittable and vmappable with static shapes; padded rows never
+bid or scan. `optax.assignment.hungarian_algorithm` was evaluated first: equally exact, slower here, and it must
+process every (also padded) row.
 
 `assign_on_candidates` solves a ground truth x candidate-point problem whose candidate list may repeat points (the
 union of per-ground-truth candidate sets): repeated points and non-finite entries are made strictly worse than any
@@ -24,7 +35,7 @@ AUCTION_ROUNDS = 64      # most auction trips before the augmenting paths take o
 AUCTION_WIDTH = 32       # free rows bidding per auction trip (the first round lets every row bid)
 
 
-def _bids(cost_rows: Array, rows: Array, bidding: Array, v: Array, row4col: Array) -> tuple[Array, ...]:
+def _bids(cost_rows: Array, bidding: Array, v: Array, row4col: Array) -> tuple[Array, ...]:
     """Auction bids of rows [F] (cost rows [F, m], mask `bidding` [F]) -> (column, new price, bid made) [F] each.
 
     A row bids for its cheapest column at reduced cost c - v (a free one among equals, then the lowest index) the
@@ -40,7 +51,7 @@ def _bids(cost_rows: Array, rows: Array, bidding: Array, v: Array, row4col: Arra
     second = jnp.min(jnp.where(jnp.arange(m) == col[:, None], jnp.inf, reduced), axis=1)
     chosen = jnp.take_along_axis(cost_rows, col[:, None], axis=1)[:, 0]
     price = jnp.minimum(v[col], jnp.where(jnp.isfinite(second), chosen - second, v[col]))
-    return col, price, bidding & ((row4col[col] < 0) | (second > lowest)) & (rows >= 0)
+    return col, price, bidding & ((row4col[col] < 0) | (second > lowest))
 
 
 def _award(cost_rows: Array, rows: Array, bids: tuple[Array, ...], state: tuple[Array, ...]) -> tuple[Array, ...]:
@@ -74,12 +85,12 @@ def _auction(cost: Array, valid: Array, max_rounds: int, width: int) -> tuple[tu
     state = (jnp.zeros((n,), cost.dtype), jnp.zeros((m,), cost.dtype), jnp.full((n,), -1, jnp.int32),
              jnp.full((m,), -1, jnp.int32))
     rows = jnp.arange(n, dtype=jnp.int32)
-    state = _award(cost, rows, _bids(cost, rows, valid, state[1], state[3]), state)
+    state = _award(cost, rows, _bids(cost, valid, state[1], state[3]), state)
 
     def free_bids(state):
         rows = jnp.nonzero(valid & (state[2] < 0), size=width, fill_value=-1)[0].astype(jnp.int32)
         cost_rows = cost[jnp.maximum(rows, 0)]
-        return rows, cost_rows, _bids(cost_rows, rows, rows >= 0, state[1], state[3])
+        return rows, cost_rows, _bids(cost_rows, rows >= 0, state[1], state[3])
 
     def round_(carry):
         state, (rows, cost_rows, bids), count = carry

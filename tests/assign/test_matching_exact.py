@@ -84,6 +84,16 @@ def test_constant_rows_take_the_lowest_free_columns():
     np.testing.assert_array_equal(cols, ref_cols)
 
 
+def test_constant_rows_displaced_together_stay_optimal():
+    # Rows 0 and 1 are constant, row 2 wants column 0. scipy places rows in order (0 -> 0, 1 -> 1), then row 2's path
+    # pushes row 0 on to column 2: (2, 1, 0). Here round 0 gives column 0 to row 2 (the highest bid), then rows 0 and 1
+    # take the lowest free columns in row order: (1, 2, 0). Same total; the documented difference.
+    cost = np.ones((3, 6), np.float32)
+    cost[2, 0] = -0.9
+    assert scipy.optimize.linear_sum_assignment(cost)[1].tolist() == [2, 1, 0]
+    assert np.asarray(jax.jit(SOLVERS["default"])(jnp.asarray(cost))).tolist() == [1, 2, 0]
+
+
 def poto_like_problem(rng, num_points, num_gts, empty):
     """A quality [N, G] in [0, 1] on small random priors (none among the first G points) and -1 elsewhere, with the
     ground truths in `empty` having no prior; the candidate list: the first G points (filler), then each prior."""

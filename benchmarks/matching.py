@@ -11,22 +11,21 @@ warm-up / compile), median of `--repeats`. Optimal totals are compared for every
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 import scipy.optimize
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from date_jax import priors  # noqa: E402
-from date_jax.assign.targets import o2o_assign  # noqa: E402
-from date_jax.config import assign_config  # noqa: E402
+from date_jax import priors
+from date_jax.assign.poto import poto_assign
+from date_jax.config import assign_config
 
 IMAGE_HW = (800, 1344)
 NUM_CLASSES = 80
@@ -110,13 +109,14 @@ def main() -> None:
         max_boxes = max(args.max_boxes, num_gts)
         data = make_batch(rng, grid, args.batch, num_gts, max_boxes)
         device = {k: jax.device_put(v) for k, v in data.items()}
-        assign = jax.jit(lambda d: o2o_assign(d["logits"], d["pred"], d["boxes"], d["labels"], d["mask"],
-                                              d["image_shape"], grid, config))
+        assign = jax.jit(jax.vmap(functools.partial(poto_assign, grid=grid, alpha=config.poto_alpha,
+                                                    radius=config.center_radius)))
         start = time.perf_counter()
-        gt_to_point, _ = jax.block_until_ready(assign(device))
+        args = tuple(device[k] for k in ("logits", "pred", "boxes", "labels", "mask"))
+        gt_to_point, _ = jax.block_until_ready(assign(*args))
         compile_s = time.perf_counter() - start
-        device_s = timed(lambda: jax.block_until_ready(assign(device)), args.repeats)
-        reference_s = timed(lambda: reference_assign(grid, data, num_gts), args.repeats)
+        device_s = timed(functools.partial(lambda f, a: jax.block_until_ready(f(*a)), assign, args), args.repeats)
+        reference_s = timed(functools.partial(reference_assign, grid, data, num_gts), args.repeats)
 
         matches, matrices = reference_assign(grid, data, num_gts)
         gt_to_point = np.asarray(gt_to_point)

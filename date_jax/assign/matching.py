@@ -160,7 +160,8 @@ def _augment(cost: Array, valid: Array, state: tuple[Array, ...]) -> tuple[tuple
         new_col4row, new_row4col = _flip(path, col4row, row4col, col, root, done_rows, steps)
         following = fresh(new_col4row)
         keep = (more, root, (shortest, path, done_cols, done_rows, low, owner))
-        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(found, x, y), a, b)
+        def pick(a, b):
+            return jax.tree.map(lambda x, y: jnp.where(found, x, y), a, b)
         return (pick((new_u, new_v, new_col4row, new_row4col), (u, v, col4row, row4col)), pick(following, keep),
                 count + 1)
 

@@ -133,8 +133,12 @@ def _portable_module(module_bytes: bytes, target_version: str, inline_composites
     with context:
         module = stablehlo.deserialize_portable_artifact(context, module_bytes)
         composites = []
-        module.operation.walk(lambda op: (composites.append(op) if op.name == "stablehlo.composite" else None,
-                                          ir.WalkResult.ADVANCE)[1])
+
+        def collect(op: Any) -> Any:
+            if op.name == "stablehlo.composite":
+                composites.append(op)
+            return ir.WalkResult.ADVANCE
+        module.operation.walk(collect)
         for op in composites:
             decomposition = ir.FlatSymbolRefAttr(op.attributes["decomposition"]).value
             with ir.InsertionPoint(op), op.location:
@@ -249,7 +253,7 @@ def metadata(config: ml_collections.ConfigDict, *, input_size: Sequence[int], ba
         "input_size": [h, w], "batch": "dynamic" if batch is None else batch_dim,
         "inputs": {
             "images": {"dtype": "uint8", "shape": [batch_dim, h, w, 3],
-                       "meaning": "RGB images, resized as `preprocessing` says, at the top-left of a zero H x W canvas"},
+                       "meaning": "RGB, resized as `preprocessing` says, at the top-left of a zero H x W canvas"},
             "image_hw": {"dtype": "int32", "shape": [batch_dim, 2], "meaning": "(h, w) of each resized image"},
             "original_hw": {"dtype": "int32", "shape": [batch_dim, 2], "meaning": "(h, w) of each original image"},
         },

@@ -189,7 +189,7 @@ def test_metadata_describes_contract_and_categories(workdir, exported):
 
 
 def test_fixed_batch_portrait_size_matches_detector(workdir):
-    """A fixed batch of 2 at the portrait bucket (96, 64), in-process: same detections as Detector on portrait images."""
+    """A fixed batch of 2 at the portrait bucket (96, 64), in-process: the detections of Detector on portrait images."""
     config = checkpoints.load_config(workdir)
     _, variables = checkpoints.restore_variables(workdir)
     rng = np.random.default_rng(2)

@@ -1,6 +1,6 @@
 """`tools/export.py`: export a trained workdir for serving (a StableHLO artifact and/or a TF SavedModel + its JSON).
 
-    python tools/export.py --workdir runs/demo --out export/demo [--step N] [--format stablehlo|savedmodel|both]
+    python tools/export.py --workdir runs/demo --out runs/demo/export [--step N] [--format stablehlo|savedmodel|both]
         [--batch B|dynamic] [--size H W] [--platforms cpu,cuda]
 
 See date_jax/export.py for the artifacts' contract and docs/serving.md for serving them.

@@ -1,7 +1,7 @@
 """Input pipeline throughput with the COCO 1x transforms on generated 640x480-ish JPEGs (docs/design.md §5: >= 200
 img/s/core).
 
-    PYTHONPATH=. python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
+    python benchmarks/input_pipeline.py [--images 512] [--batches 30] [--repeats 3] [--batch_size 16]
         [--num_parallel_calls -1] [--out benchmarks/results/input_pipeline.json]
 
 Writes (once, under --workdir) a COCO-format set of JPEGs of COCO's common sizes with natural-image-like statistics

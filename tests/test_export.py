@@ -145,27 +145,28 @@ print("jax imported:", any(m.split(".")[0] in ("jax", "jaxlib") for m in sys.mod
 """
 
 
-def test_stablehlo_in_fresh_process_matches_detector(workdir, exported, landscape, tmp_path):
-    inputs = export.prepare_images(landscape, checkpoints.load_config(workdir), INPUT_SIZE)
+def _serve_in_fresh_process(client, artifact, workdir, images, tmp_path):
+    """Run `client` on `artifact` with the prepared `images` in a fresh process -> (its result, its outputs)."""
+    inputs = export.prepare_images(images, checkpoints.load_config(workdir), INPUT_SIZE)
     np.savez(tmp_path / "inputs.npz", **inputs)
-    result = run_python(STABLEHLO_CLIENT, os.path.join(exported, export.STABLEHLO_FILE), tmp_path / "inputs.npz",
-                        tmp_path / "out.npz", cwd=tmp_path)
+    result = run_python(client, artifact, tmp_path / "inputs.npz", tmp_path / "out.npz", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, np.load(tmp_path / "out.npz")
+
+
+def test_stablehlo_in_fresh_process_matches_detector(workdir, exported, landscape, tmp_path):
+    result, out = _serve_in_fresh_process(STABLEHLO_CLIENT, os.path.join(exported, export.STABLEHLO_FILE), workdir,
+                                          landscape, tmp_path)
     assert "date_jax imported: False" in result.stdout
-    out = np.load(tmp_path / "out.npz")
     results = reference(workdir, landscape)
     assert_matches({k: out[f"{k}_3"] for k in export.OUTPUT_NAMES}, results)
     assert_matches({k: out[f"{k}_1"] for k in export.OUTPUT_NAMES}, results[:1])
 
 
 def test_savedmodel_in_fresh_process_matches_detector(workdir, exported, landscape, tmp_path):
-    inputs = export.prepare_images(landscape, checkpoints.load_config(workdir), INPUT_SIZE)
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    result = run_python(SAVEDMODEL_CLIENT, os.path.join(exported, export.SAVEDMODEL_DIR), tmp_path / "inputs.npz",
-                        tmp_path / "out.npz", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, out = _serve_in_fresh_process(SAVEDMODEL_CLIENT, os.path.join(exported, export.SAVEDMODEL_DIR), workdir,
+                                          landscape, tmp_path)
     assert "date_jax imported: False" in result.stdout and "jax imported: False" in result.stdout
-    out = np.load(tmp_path / "out.npz")
     assert sorted(out.files) == sorted(export.OUTPUT_NAMES)
     assert_matches(out, reference(workdir, landscape))
 

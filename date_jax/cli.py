@@ -139,7 +139,6 @@ def run(main: Callable[[list[str]], int | None], *, tensorflow: bool = True, dis
                 initialize_distributed(*_distributed_flags())
             return main(argv)
         except (UserError, FileNotFoundError, ValueError) as e:
-            logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(1)
 

@@ -2,26 +2,26 @@
 
 Reads <root>/annotation_{train,val}.odgt and the JPEGs in <root>/Images, writes <root>/annotations/{train,val}.json.
 """
-import argparse
-import logging
-import sys
+from absl import flags
 
+from date_jax import cli
 from date_jax.data import crowdhuman
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "data/CrowdHuman", "Folder with annotation_*.odgt and Images/.")
+flags.DEFINE_list("splits", ["train", "val"], "Splits to convert.")
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+    for path in crowdhuman.convert_crowdhuman(FLAGS.root, tuple(FLAGS.splits)):
+        print(path)
 
 
 def main() -> None:
     """Console entry point (`date-jax-crowdhuman-to-coco`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="data/CrowdHuman", help="folder with annotation_*.odgt and Images/")
-    parser.add_argument("--splits", nargs="+", default=["train", "val"])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        written = crowdhuman.convert_crowdhuman(args.root, tuple(args.splits))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    for path in written:
-        print(path)
+    cli.run(_main, tensorflow=False, distributed=False)
 
 
 if __name__ == "__main__":

@@ -3,29 +3,29 @@
 train.py writes it when a config with data.source='synthetic' starts; this tool makes it ahead of time or with other
 sizes. Existing synthetic sets are kept; a folder that holds anything else is refused.
 """
-import argparse
-import logging
-import sys
+from absl import flags
 
+from date_jax import cli
 from date_jax.data import synthetic
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "data/synthetic", "Folder to write the set into (new, empty or an earlier synthetic set).")
+flags.DEFINE_integer("num_train", synthetic.DEFAULTS["num_train"], "Training images.")
+flags.DEFINE_integer("num_val", synthetic.DEFAULTS["num_val"], "Validation images.")
+flags.DEFINE_integer("image_size", synthetic.DEFAULTS["image_size"], "Typical side in pixels (+-20%).")
+flags.DEFINE_integer("seed", synthetic.DEFAULTS["seed"], "Seed of the generator.")
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+    synthetic.ensure_synthetic_dataset(FLAGS.root, FLAGS.num_train, FLAGS.num_val, FLAGS.image_size, FLAGS.seed)
+    print(synthetic.split_paths(FLAGS.root, "train")[0], synthetic.split_paths(FLAGS.root, "val")[0])
 
 
 def main() -> None:
     """Console entry point (`date-jax-make-synthetic`)."""
-    d = synthetic.DEFAULTS
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="data/synthetic")
-    parser.add_argument("--num_train", type=int, default=d["num_train"])
-    parser.add_argument("--num_val", type=int, default=d["num_val"])
-    parser.add_argument("--image_size", type=int, default=d["image_size"], help="typical side in pixels (+-20%%)")
-    parser.add_argument("--seed", type=int, default=d["seed"])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        synthetic.ensure_synthetic_dataset(args.root, args.num_train, args.num_val, args.image_size, args.seed)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    print(synthetic.split_paths(args.root, "train")[0], synthetic.split_paths(args.root, "val")[0])
+    cli.run(_main, tensorflow=False, distributed=False)
 
 
 if __name__ == "__main__":

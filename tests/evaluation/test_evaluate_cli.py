@@ -226,3 +226,18 @@ def test_ground_truth_from_batches_for_sources_without_a_json():
         (11, 8, [10.0, 20.0, 20.0, 40.0], 800.0), (12, 7, [1.0, 2.0, 2.0, 2.0], 4.0),
         (12, 9, [5.0, 5.0, 10.0, 20.0], 200.0)]
     assert [c["id"] for c in gt["categories"]] == [7, 8, 9]
+
+
+def test_watch_skips_a_step_that_vanished_before_it_was_read(workdir):
+    """Training deletes old checkpoints: a step that is listed and then gone is skipped (None), not fatal; a step
+    that exists but cannot be read is still an error."""
+    work, cfg = workdir
+    run = run_lib.Run(cfg, work)
+    assert run.evaluate_if_present(5) is None               # never written (or deleted by training meanwhile)
+    assert sorted(run.evaluate_if_present(7)) == sorted(cfg_metric_names(cfg))
+    run.writer.close()
+
+
+def cfg_metric_names(cfg):
+    from date_jax.evaluation import evaluators
+    return evaluators.metric_names(cfg)

@@ -11,7 +11,7 @@ import pytest
 
 from date_jax import checkpoints, export
 from date_jax import config as config_lib
-from date_jax.data import buckets, pipeline, transforms
+from date_jax.data import buckets, synthetic, transforms
 from date_jax.inference import Detector
 from date_jax.models import detector
 
@@ -77,6 +77,7 @@ def workdir(tmp_path_factory):
     cfg = tiny_config(root / "data")
     work = str(root / "run")
     checkpoints.save_variables(work, 7, perturbed_variables(detector.build_model(cfg)), cfg)
+    checkpoints.save_classes(work, list(synthetic.CATEGORIES), [1, 2, 3, 4])       # as training writes them
     return work
 
 
@@ -174,12 +175,10 @@ def test_savedmodel_in_fresh_process_matches_detector(workdir, exported, landsca
 def test_metadata_describes_contract_and_categories(workdir, exported):
     with open(os.path.join(exported, export.METADATA_FILE)) as f:
         info = json.load(f)
-    config = checkpoints.load_config(workdir)
-    val = pipeline.dataset_info(config, "val")
-    assert [c["name"] for c in info["categories"]] == list(val.category_names)
-    assert [c["id"] for c in info["categories"]] == list(val.category_ids)
+    assert [c["name"] for c in info["categories"]] == list(synthetic.CATEGORIES)
+    assert [c["id"] for c in info["categories"]] == [1, 2, 3, 4]
     assert [c["label"] for c in info["categories"]] == [0, 1, 2, 3]
-    assert info["categories_from"] == val.ann_file
+    assert info["categories_from"] == os.path.join(workdir, checkpoints.CLASSES_FILE)   # the workdir, not the data
     assert info["input_size"] == list(INPUT_SIZE) and info["batch"] == "dynamic"
     assert info["inputs"]["images"]["shape"] == [None, 64, 96, 3] and info["inputs"]["images"]["dtype"] == "uint8"
     assert info["outputs"]["boxes"]["shape"] == [None, 100, 4]

@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from date_jax import config as config_lib  # noqa: E402
+from date_jax import config as config_lib
 
 STANDARD_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 Shape = tuple[int, ...]

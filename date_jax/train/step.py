@@ -47,9 +47,11 @@ def create_state(variables: dict[str, Any], tx: optax.GradientTransformation) ->
 
 
 def batch_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
-                  mesh: Mesh | None) -> dict[str, jax.Array]:
-    """Targets [B, ...] of every example (detached from the graph), each computed on the device that holds it."""
-    geometry = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3]))
+                  mesh: Mesh | None, geometry: targets_lib.Geometry | None = None) -> dict[str, jax.Array]:
+    """Targets [B, ...] of every example (detached from the graph), each computed on the device that holds it;
+    `geometry`: the priors of the batch's padded size (derived from it when not given)."""
+    if geometry is None:
+        geometry = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3]))
 
     def one_example(example_outputs, gt):
         return targets_lib.example_targets(example_outputs, gt, geometry, config)
@@ -61,9 +63,9 @@ def batch_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collec
 def _loss_and_targets(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
                       mesh: Mesh | None) -> tuple[jax.Array, Metrics, dict[str, jax.Array]]:
     """(total loss, weighted terms, targets) of a batch: its per-example targets, then the pure loss terms."""
-    targets = batch_targets(outputs, batch, config, mesh)
-    points = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3])).grid.points
-    return *losses.date_loss(outputs, batch, targets, config.loss, points), targets
+    geometry = targets_lib.geometry(config, tuple(int(d) for d in batch["image"].shape[1:3]))
+    targets = batch_targets(outputs, batch, config, mesh, geometry)
+    return *losses.date_loss(outputs, batch, targets, config.loss, geometry.grid.points), targets
 
 
 def batch_loss(outputs: dict[str, jax.Array], batch: Batch, config: ml_collections.ConfigDict,
@@ -86,14 +88,18 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def trainable_leaves(grads: Any, optimizer: Optimizer) -> list[jax.Array]:
+    """The leaves of `grads` that the optimizer trains (frozen ones left out)."""
+    return [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
+
+
 def guarded_update(state: TrainState, grads: Any, loss: jax.Array,
                    optimizer: Optimizer) -> tuple[Any, Any, jax.Array, jax.Array]:
     """One optimizer update that is applied only when the loss, every trainable gradient and every update are finite
     -> (params, opt_state, finite [], grads_finite []); otherwise params and optimizer state come back unchanged.
     (Checked before the update: clipping by the global norm would spread one inf over every parameter.)"""
-    trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
-    grads_finite = _all_finite(trainable_grads)
+    grads_finite = _all_finite(trainable_leaves(grads, optimizer))
     finite = jnp.isfinite(loss) & grads_finite & _all_finite(updates)
     params = jax.tree.map(lambda p, u: jnp.where(finite, p + u, p), state.params, updates)
     opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
@@ -111,8 +117,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: 
 
     (loss, (terms, assigned)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     params, opt_state, finite, grads_finite = guarded_update(state, grads, loss, optimizer)
-    trainable_grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(optimizer.trainable)) if t]
-    metrics = {"loss": loss, **terms, **assigned, "grad_norm": optax.tree.norm(trainable_grads),
+    metrics = {"loss": loss, **terms, **assigned, "grad_norm": optax.tree.norm(trainable_leaves(grads, optimizer)),
                "param_norm": optax.tree.norm(params), "lr": optimizer.schedule(state.step),
                "finite": finite.astype(jnp.float32), "grads_finite": grads_finite.astype(jnp.float32),
                "num_gt": jnp.sum(batch["box_mask"] & batch["example_mask"][:, None]).astype(jnp.float32)}

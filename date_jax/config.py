@@ -88,9 +88,10 @@ def data_config() -> ConfigDict:
         prefetch=2,                 # batches decoded ahead (x the per-process batch size in images)
         check_files=True,           # stat every image file once at start-up; missing or empty ones are skipped, counted
         num_train_images=0,         # 0 -> read from the annotation file; used to turn epochs into steps
-        synthetic=dict(num_train=0, num_val=0, image_size=0, seed=0),  # source='synthetic': written to `root` by
-                                    # synthetic.prepare before loading, only into a new or empty folder
-                                    # (annotations/instances_{train,val}.json, train/, val/); 0 -> 2000 / 200 / 160
+        synthetic=dict(num_train=0, num_val=0, image_size=0, seed=0, style=""),  # source='synthetic': written to
+                                    # `root` by synthetic.prepare before loading, only into a new or empty folder
+                                    # (annotations/instances_{train,val}.json, train/, val/); 0/'' -> 2000 / 200 /
+                                    # 160 / 'shapes' ('crowded': the convergence study's harder set)
     ))
 
 

@@ -32,6 +32,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "poto": ("POTO alone (o2o only)", ("model.o2o=point", "model.o2m=none", "test.nms=False")),
     "fcos_nms": ("FCOS alone + NMS", ("model.o2o=none", "model.o2m=fcos", "test.nms=True", "test.score_thr=0.05",
                                       "test.nms_pre=1000", "test.nms_iou=0.5")),
+    "date_fcos_half": ("DATE-F, o2m loss weights halved", ("model.o2o=point", "model.o2m=fcos", "test.nms=False",
+                                                           "loss.fcos_cls=0.5", "loss.fcos_iou=0.5",
+                                                           "loss.fcos_ctr=0.5")),
 }
 METRICS = ("AP", "AP50")
 O2O_TERMS = ("o2o_cls", "o2o_box", "o2o_iou")

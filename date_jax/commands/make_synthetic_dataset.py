@@ -14,12 +14,15 @@ flags.DEFINE_integer("num_train", synthetic.DEFAULTS["num_train"], "Training ima
 flags.DEFINE_integer("num_val", synthetic.DEFAULTS["num_val"], "Validation images.")
 flags.DEFINE_integer("image_size", synthetic.DEFAULTS["image_size"], "Typical side in pixels (+-20%).")
 flags.DEFINE_integer("seed", synthetic.DEFAULTS["seed"], "Seed of the generator.")
+flags.DEFINE_enum("style", synthetic.DEFAULTS["style"], list(synthetic.STYLES),
+                  "'shapes' (the demo's) or 'crowded' (the convergence study's harder set).")
 
 
 def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-    synthetic.ensure_synthetic_dataset(FLAGS.root, FLAGS.num_train, FLAGS.num_val, FLAGS.image_size, FLAGS.seed)
+    synthetic.ensure_synthetic_dataset(FLAGS.root, FLAGS.num_train, FLAGS.num_val, FLAGS.image_size, FLAGS.seed,
+                                       FLAGS.style)
     print(synthetic.split_paths(FLAGS.root, "train")[0], synthetic.split_paths(FLAGS.root, "val")[0])
 
 

@@ -113,3 +113,32 @@ def test_make_synthetic_dataset_tool_refuses_with_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root})
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "error: data.root=" in result.stderr
+
+
+def test_crowded_style_is_harder_and_chosen_by_config(tmp_path):
+    config = config_lib.base_config()
+    config.data.update(source="synthetic", root=str(tmp_path / "crowded"))
+    config.data.synthetic.update(num_train=40, num_val=2, image_size=160, style="crowded")
+    synthetic.prepare(config.data)
+    data = load(config.data.root, "train")
+    assert [c["name"] for c in data["categories"]] == list(synthetic.CROWDED_CATEGORIES)
+    assert len(synthetic.CROWDED_CATEGORIES) == 8
+    assert {a["category_id"] for a in data["annotations"]} == set(range(1, 9))
+    per_image = {im["id"]: [] for im in data["images"]}
+    for a in data["annotations"]:
+        per_image[a["image_id"]].append(a["bbox"])
+    counts = np.array([len(v) for v in per_image.values()])
+    assert counts.min() >= 4 and counts.max() <= 30 and counts.mean() > 10      # placements may fail: never more
+    sides = np.array([max(a["bbox"][2], a["bbox"][3]) for a in data["annotations"]])
+    assert sides.min() >= 6 and sides.max() <= 48 and np.median(sides) < 30
+    overlaps = []
+    for boxes in per_image.values():            # overlaps beyond the 'shapes' cap of 0.3 occur (square boxes drawn)
+        b = np.array(boxes, np.float64)
+        b[:, 2:] += b[:, :2]
+        for k in range(len(b)):
+            overlaps.append(synthetic._iou(b[k], np.delete(b, k, axis=0)).max())
+    assert max(overlaps) > 0.3
+    with open(os.path.join(config.data.root, synthetic.MARKER)) as f:
+        assert json.load(f)["style"] == "crowded"
+    with pytest.raises(ValueError, match="style='dense'"):
+        synthetic.ensure_synthetic_dataset(str(tmp_path / "x"), 2, 2, 64, 0, style="dense")

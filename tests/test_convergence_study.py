@@ -102,8 +102,30 @@ def test_summarize_matches_numpy_over_seeds():
                      2: _run([(10, 0.13, 0.2)])}}
     summary = study.summarize(runs, "AP")["poto"]
     at10 = np.array([0.10, 0.16, 0.13])
-    np.testing.assert_allclose(summary[10], (at10.mean(), at10.std(ddof=1), 0.10, 0.16, 3))
-    np.testing.assert_allclose(summary[20], (0.23, np.std([0.2, 0.26], ddof=1), 0.20, 0.26, 2))
+    # 95% t quantiles by hand: 4.302653 (2 degrees of freedom), 12.706205 (1)
+    np.testing.assert_allclose(summary[10], (at10.mean(), at10.std(ddof=1), 0.10, 0.16, 3,
+                                             4.302653 * at10.std(ddof=1) / np.sqrt(3)), rtol=1e-6)
+    np.testing.assert_allclose(summary[20], (0.23, np.std([0.2, 0.26], ddof=1), 0.20, 0.26, 2,
+                                             12.706205 * 0.03), rtol=1e-6)
+
+
+def test_t_interval_by_hand():
+    mean, half = study.t_interval([1.0, 2.0, 3.0])       # std 1, se 1/sqrt(3), t(0.975, 2) = 4.302653
+    assert mean == 2.0 and half == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
+    mean, half = study.t_interval([0.4])
+    assert mean == 0.4 and np.isnan(half)
+
+
+def test_paired_differences_use_only_seeds_both_variants_reached():
+    runs = {"date_fcos": {0: _run([(10, 0.30, 0.5)]), 1: _run([(10, 0.20, 0.4)]), 2: _run([(10, 0.25, 0.6)])},
+            "poto": {0: _run([(10, 0.10, 0.3)]), 1: _run([(10, 0.25, 0.3)]), 3: _run([(10, 0.9, 0.9)])}}
+    d = study.paired_differences(runs, "date_fcos", "poto", "AP")[10]
+    assert d["diffs"] == pytest.approx({0: 0.20, 1: -0.05}) and d["positive"] == 1
+    assert d["mean"] == pytest.approx(0.075) and d["ci95"] == pytest.approx(12.706205 * 0.125, rel=1e-6)
+    table = study.paired_table(runs, pairs=[("date_fcos", "poto"), ("date_retina", "poto")]).splitlines()
+    assert table[0] == "| step | date_fcos − poto AP | date_fcos − poto AP50 |"       # absent variants: no column
+    # AP: +7.5, CI 7.5 -/+ 158.8; AP50: diffs +0.2 and +0.1 -> +15.0 [15 -/+ 12.706205 * 5]
+    assert table[2] == "| 10 | +7.5 [-151.3, +166.3] 1/2 | +15.0 [-48.5, +78.5] 2/2 |"
 
 
 def test_markdown_table_single_and_several_seeds():
@@ -114,9 +136,9 @@ def test_markdown_table_single_and_several_seeds():
     assert table[0] == ("| step | DATE (POTO + FCOS o2m) AP | DATE (POTO + FCOS o2m) AP50 | POTO alone (o2o only) AP | "
                         "POTO alone (o2o only) AP50 |")
     assert table[1] == "|---|---|---|---|---|"
-    # date_fcos step 10: AP mean 15.0, std = |0.1-0.2|/sqrt(2) = 7.07 %; AP50 mean 30.0 std 14.1
-    assert table[2] == "| 10 | 15.0 ± 7.1 | 30.0 ± 14.1 | 10.1 | 30.0 |"
-    assert table[3] == "| 20 | 40.0 ± 14.1 | 50.0 ± 14.1 | 20.0 | 50.0 |"
+    # date_fcos step 10: AP mean 15.0, two seeds 10 points apart: se 5, 95% CI half-width 12.706205 * 5 = 63.5
+    assert table[2] == "| 10 | 15.0 ± 63.5 | 30.0 ± 127.1 | 10.1 | 30.0 |"
+    assert table[3] == "| 20 | 40.0 ± 127.1 | 50.0 ± 127.1 | 20.0 | 50.0 |"
     assert len(table) == 4
 
 
@@ -141,24 +163,30 @@ def test_o2o_loss_table_averages_seeds_and_skips_variants_without_o2o():
     assert len(table) == 4
 
 
-def test_plot_curves_draws_the_mean_in_percent_with_a_seed_band(tmp_path):
+def test_plot_curves_draws_the_mean_in_percent_with_a_confidence_band(tmp_path):
     runs = {"poto": {0: _run([(10, 0.1, 0.3), (20, 0.2, 0.5)]), 1: _run([(10, 0.3, 0.5), (20, 0.4, 0.7)])},
             "fcos_nms": {0: _run([(10, 0.05, 0.1)])}}
     path = str(tmp_path / "out" / "curves.png")
     fig = study.plot_curves(runs, path)
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    ap_axes, ap50_axes = fig.axes
+    ap_axes, ap50_axes = fig.axes               # no date_fcos: no paired panel
     lines = {line.get_label(): line for line in ap_axes.get_lines()}
     poto = lines["POTO alone (o2o only)"]
     np.testing.assert_allclose(poto.get_xdata(), [10, 20])
     np.testing.assert_allclose(poto.get_ydata(), [20.0, 30.0])
     np.testing.assert_allclose(lines["FCOS alone + NMS"].get_ydata(), [5.0])
-    band = ap_axes.collections[0].get_paths()[0].vertices        # poto's min-max band spans 10..40 %
+    band = ap_axes.collections[0].get_paths()[0].vertices    # poto at 10: 20 -/+ 12.706205 * 10 (se of 10 and 30)
     np.testing.assert_allclose(ap_axes.collections[0].get_facecolor()[0][:3], to_rgb(poto.get_color()))
-    assert band[:, 1].min() == pytest.approx(10.0) and band[:, 1].max() == pytest.approx(40.0)
+    assert band[:, 1].min() == pytest.approx(20 - 127.06205) and band[:, 1].max() == pytest.approx(30 + 127.06205)
     np.testing.assert_allclose({l.get_label(): l for l in ap50_axes.get_lines()}["POTO alone (o2o only)"].get_ydata(),
                                [40.0, 60.0])
+    runs["date_fcos"] = {0: _run([(10, 0.2, 0.4), (20, 0.3, 0.6)]), 1: _run([(10, 0.3, 0.8), (20, 0.4, 0.9)])}
+    fig = study.plot_curves(runs, path)
+    paired = fig.axes[2]                        # AP50 of date_fcos - poto per seed: step 10: +0.1, +0.3; 20: +0.1, +0.2
+    np.testing.assert_allclose(paired.get_lines()[0].get_ydata(), [20.0, 15.0])
+    dots = np.concatenate([c.get_offsets() for c in paired.collections[1:]])
+    np.testing.assert_allclose(sorted(dots[:, 1]), [10.0, 10.0, 20.0, 30.0])
 
 
 @pytest.mark.slow

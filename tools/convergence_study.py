@@ -1,17 +1,19 @@
-"""Does dual assignment converge faster? Train four variants on the same seed and data order; evaluate every K steps.
+"""Does dual assignment converge faster? Train the variants on the same seeds and data order; evaluate every K steps.
 
-    python tools/convergence_study.py --workdir runs/study --steps 300 --eval_every 60 [--seeds 0 1]
-        [--variants date_fcos poto] [--config configs/demo.py] [--set num_eval_images=100 ...]
+    python tools/convergence_study.py --config configs/convergence_crowded.py --workdir runs/study_crowded \
+        --steps 1000 --eval_every 200 --seeds 0 1 2 [--variants date_fcos poto] [--set num_eval_images=100 ...]
 
 Variants (docs/spec.md §1, §11): `date_fcos` DATE with the FCOS one-to-many branch, `date_retina` DATE with the
-RetinaNet
-one-to-many branch, `poto` the one-to-one branch alone, `fcos_nms` the FCOS branch alone with NMS at test time.
+RetinaNet one-to-many branch, `poto` the one-to-one branch alone, `fcos_nms` the FCOS branch alone with NMS at test
+time, `date_fcos_half` DATE-F with the one-to-many loss weights halved (does that branch crowd out the other's share
+of each clipped update?).
 Each run is `train.py` in `WORKDIR/<variant>/seed<S>`, started in the repository root (relative paths in --set are
 relative to it), one after another, all from `WORKDIR/base_config.py`, a copy of --config made at the first call (edits
 to the config during a study do not split it); a finished run is skipped, an interrupted one resumes. Then,
 from every run in WORKDIR (those of earlier calls too, e.g. a second seed of two variants), it writes
-`WORKDIR/convergence.json` (all records), `.md` (tables) and `.png` (AP and AP50 against steps; with several seeds,
-the mean and the min-max band).
+`WORKDIR/convergence.json` (all records), `.md` (tables: mean and 95% Student-t interval per evaluation, paired
+differences between variants of the same seed) and `.png` (AP and AP50 against steps with the interval, and the paired
+DATE-F minus POTO difference), and prints the command of the same study at full scale on an accelerator host.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                                                            "loss.fcos_ctr=0.5")),
 }
 METRICS = ("AP", "AP50")
+# Paired comparisons (same seed: same initialisation and data order): the paper's claim, the gradient-share test, and
+# the RetinaNet branch and NMS baselines against the one-to-one branch alone.
+PAIRS = (("date_fcos", "poto"), ("date_fcos_half", "date_fcos"), ("date_retina", "poto"), ("date_fcos", "fcos_nms"))
 O2O_TERMS = ("o2o_cls", "o2o_box", "o2o_iou")
 RUN_FILE = "study_run.json"
 CONFIG_COPY = "base_config.py"
@@ -132,25 +137,45 @@ def collect_runs(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
     return runs
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width of the two-sided Student-t confidence interval) of `values`; half-width nan for n < 2."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    std = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+
+
+def metric_by_seed(by_seed: dict[int, dict[str, Any]], metric: str) -> dict[int, dict[int, float]]:
+    """{step: {seed: value}} of `metric` in the evaluation records of one variant's runs."""
+    out: dict[int, dict[int, float]] = {}
+    for seed, run in by_seed.items():
+        for record in run["eval"]:
+            if metric in record:
+                out.setdefault(int(record["step"]), {})[seed] = float(record[metric])
+    return out
+
+
 def summarize(runs: dict[str, dict[int, dict[str, Any]]], metric: str) -> dict[str, dict[int, tuple[float, ...]]]:
-    """{variant: {step: (mean, std, min, max, n)}} of `metric` over the seeds that reached that step (std: n-1)."""
+    """{variant: {step: (mean, std, min, max, n, ci95)}} of `metric` over the seeds that reached that step (std: n-1;
+    ci95: half-width of the 95% t interval, nan for one seed)."""
     out: dict[str, dict[int, tuple[float, ...]]] = {}
     for variant, by_seed in runs.items():
-        values: dict[int, list[float]] = {}
-        for run in by_seed.values():
-            for record in run["eval"]:
-                if metric in record:
-                    values.setdefault(int(record["step"]), []).append(float(record[metric]))
         out[variant] = {}
-        for step, v in sorted(values.items()):
-            mean = sum(v) / len(v)
+        for step, per_seed in sorted(metric_by_seed(by_seed, metric).items()):
+            v = list(per_seed.values())
+            mean, ci = t_interval(v)
             std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-            out[variant][step] = (mean, std, min(v), max(v), float(len(v)))
+            out[variant][step] = (mean, std, min(v), max(v), float(len(v)), ci)
     return out
 
 
 def markdown_table(runs: dict[str, dict[int, dict[str, Any]]], metrics: Sequence[str] = METRICS) -> str:
-    """Rows = evaluated steps, columns = variant x metric in percent (mean ± std over seeds when there are several)."""
+    """Rows = evaluated steps, columns = variant x metric in percent (mean ± 95% CI half-width over seeds when there
+    are several)."""
     summaries = {m: summarize(runs, m) for m in metrics}
     variants = [v for v in VARIANTS if v in runs]
     steps = sorted({s for m in metrics for v in variants for s in summaries[m][v]})
@@ -164,9 +189,47 @@ def markdown_table(runs: dict[str, dict[int, dict[str, Any]]], metrics: Sequence
                 if entry is None:
                     cells.append("")
                 elif entry[4] > 1:
-                    cells.append(f"{100 * entry[0]:.1f} ± {100 * entry[1]:.1f}")
+                    cells.append(f"{100 * entry[0]:.1f} ± {100 * entry[5]:.1f}")
                 else:
                     cells.append(f"{100 * entry[0]:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_differences(runs: dict[str, dict[int, dict[str, Any]]], first: str, second: str,
+                       metric: str) -> dict[int, dict[str, Any]]:
+    """{step: {"diffs": {seed: first - second}, "mean", "ci95", "positive"}} over the seeds both variants reached
+    that step with (same seed = same initialisation and data order)."""
+    a = metric_by_seed(runs.get(first, {}), metric)
+    b = metric_by_seed(runs.get(second, {}), metric)
+    out: dict[int, dict[str, Any]] = {}
+    for step in sorted(set(a) & set(b)):
+        diffs = {seed: a[step][seed] - b[step][seed] for seed in sorted(set(a[step]) & set(b[step]))}
+        if diffs:
+            mean, ci = t_interval(list(diffs.values()))
+            out[step] = dict(diffs=diffs, mean=mean, ci95=ci, positive=sum(d > 0 for d in diffs.values()))
+    return out
+
+
+def paired_table(runs: dict[str, dict[int, dict[str, Any]]], pairs: Sequence[tuple[str, str]] = PAIRS,
+                 metrics: Sequence[str] = METRICS) -> str:
+    """Rows = steps, columns = pair x metric: mean paired difference in points [95% CI], seeds where it is > 0."""
+    present = [(a, b) for a, b in pairs if a in runs and b in runs]
+    tables = {(a, b, m): paired_differences(runs, a, b, m) for a, b in present for m in metrics}
+    steps = sorted({s for t in tables.values() for s in t})
+    header = ["step"] + [f"{a} − {b} {m}" for a, b in present for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for step in steps:
+        cells = [str(step)]
+        for key in ((a, b, m) for a, b in present for m in metrics):
+            d = tables[key].get(step)
+            if d is None:
+                cells.append("")
+            elif math.isnan(d["ci95"]):
+                cells.append(f"{100 * d['mean']:+.1f} (1 seed)")
+            else:
+                lo, hi = 100 * (d["mean"] - d["ci95"]), 100 * (d["mean"] + d["ci95"])
+                cells.append(f"{100 * d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}] {d['positive']}/{len(d['diffs'])}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -192,25 +255,47 @@ def o2o_loss_table(runs: dict[str, dict[int, dict[str, Any]]], terms: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: dict[str, dict[int, dict[str, Any]]], path: str, metrics: Sequence[str] = METRICS) -> Any:
-    """Write a PNG of each metric (in percent) against steps, one line per variant (min-max band over seeds)."""
+def plot_curves(runs: dict[str, dict[int, dict[str, Any]]], path: str, metrics: Sequence[str] = METRICS,
+                pair: tuple[str, str] = PAIRS[0]) -> Any:
+    """Write a PNG: each metric (in percent) against steps, one line per variant (mean, 95% CI band over seeds), and a
+    last panel with the paired difference `pair` of the last metric (mean, 95% CI band, one dot per seed)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
+    diffs = paired_differences(runs, pair[0], pair[1], metrics[-1])
+    panels = len(metrics) + bool(diffs)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         summary = summarize(runs, metric)
         for variant in (v for v in VARIANTS if v in summary and summary[v]):
             steps = sorted(summary[variant])
             mean = [100 * summary[variant][s][0] for s in steps]
             (line,) = ax.plot(steps, mean, marker="o", label=VARIANTS[variant][0])
-            if any(summary[variant][s][4] > 1 for s in steps):
-                ax.fill_between(steps, [100 * summary[variant][s][2] for s in steps],
-                                [100 * summary[variant][s][3] for s in steps], color=line.get_color(), alpha=0.2)
+            ci = [100 * summary[variant][s][5] for s in steps]
+            if not any(math.isnan(c) for c in ci):
+                ax.fill_between(steps, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                                color=line.get_color(), alpha=0.15)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"COCO {metric} (%)")
-        ax.set_title(f"{metric} on the synthetic val split")
+        ax.set_title(f"{metric} on the synthetic val split (mean, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if diffs:
+        ax = axes[0][-1]
+        steps = sorted(diffs)
+        mean = [100 * diffs[s]["mean"] for s in steps]
+        ax.plot(steps, mean, marker="o", color="k", label="mean")
+        ci = [100 * diffs[s]["ci95"] for s in steps]
+        if not any(math.isnan(c) for c in ci):
+            ax.fill_between(steps, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color="k",
+                            alpha=0.12, label="95% CI")
+        for s in steps:
+            ax.scatter([s] * len(diffs[s]["diffs"]), [100 * d for d in diffs[s]["diffs"].values()], s=12, color="C3")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{metrics[-1]} difference (points)")
+        ax.set_title(f"paired: {pair[0]} − {pair[1]} (dots: seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -226,8 +311,18 @@ def write_outputs(workdir: str, runs: dict[str, dict[int, dict[str, Any]]], sett
         json.dump({"settings": settings, "labels": {v: VARIANTS[v][0] for v in runs},
                    "runs": {v: {str(s): r for s, r in by_seed.items()} for v, by_seed in runs.items()}}, f)
     with open(os.path.join(workdir, "convergence.md"), "w") as f:
-        f.write(markdown_table(runs) + "\nOne-to-one loss terms (training):\n\n" + o2o_loss_table(runs))
+        f.write("COCO metrics (%), mean ± 95% CI half-width over seeds:\n\n" + markdown_table(runs)
+                + "\nPaired differences (points), mean [95% CI] and the seeds where it is positive:\n\n"
+                + paired_table(runs) + "\nOne-to-one loss terms (training):\n\n" + o2o_loss_table(runs))
     plot_curves(runs, os.path.join(workdir, "convergence.png"))
+
+
+def full_scale_command(seeds: Sequence[int], variants: Sequence[str]) -> str:
+    """The same study at full scale on an accelerator host: DATE-R50 on COCO, the 1x schedule (90k steps of 16
+    images), evaluated every 7,500 steps on the first 1,000 val2017 images (evaluate.py scores a checkpoint on all)."""
+    return (f"python tools/convergence_study.py --config configs/date_r50_fcos_1x_coco.py --workdir runs/study_coco "
+            f"--steps 90000 --eval_every 7500 --seeds {' '.join(map(str, seeds))} --variants {' '.join(variants)} "
+            f"--set num_eval_images=1000")
 
 
 def pin_base_config(workdir: str, config: str) -> str:
@@ -295,8 +390,11 @@ def main(argv: Sequence[str]) -> int:
                     seeds={v: sorted(by_seed) for v, by_seed in runs.items()})
     write_outputs(args.workdir, runs, settings)
     print(markdown_table(runs))
+    print(paired_table(runs))
     total = sum(r["wall_s"] for by_seed in runs.values() for r in by_seed.values())
     print(f"wrote {args.workdir}/convergence.{{json,md,png}}; training + evaluation wall time {total / 60:.1f} min")
+    print("the same study at full scale on an accelerator host (COCO, 1x):\n  "
+          + full_scale_command(args.seeds, args.variants))
     return 1 if failed else 0
 
 

@@ -8,7 +8,8 @@ object; what the filler-first candidate order avoids).
 
 Sources:
 - synthetic: the demo's data (`date_jax.data.synthetic.render_image`, 160 px scenes, the train split's seed), resized
-  as the demo does (short side 128, long side <= 160, keep ratio) into its 160 x 160 bucket, max_boxes 20.
+  as the demo does (short side 128, long side <= 160, keep ratio) into its 160 x 160 bucket, max_boxes 20; with
+  `--style crowded` the convergence study's set (configs/convergence_crowded.py: same sizes, max_boxes 32).
 - coco-like: boxes drawn from an assumed COCO-like distribution (not read from COCO): a landscape 640 x 480 image
   resized by the 1x pipeline (short 800, long <= 1333: x 5/3, 800 x 1067) into its bucket padded to a multiple of
   128; 1 + NegativeBinomial(n=1.5, mean 6.3) objects (mean 7.3 per image, as in COCO train2017, heavy tail, capped
@@ -18,6 +19,7 @@ Sources:
 Predictions: logits ~ Normal(-4, 1) (a fresh head's prior), boxes = point -/+ Uniform(0.5, 4) strides per side.
 
     python -m benchmarks.empty_prior_rate [--synthetic-images 2000] [--coco-images 200] [--batch 8] [--seed 0]
+        [--style shapes|crowded]
 """
 from __future__ import annotations
 
@@ -36,12 +38,13 @@ RADIUS = 1.5
 NUM_CLASSES = 4
 
 
-def synthetic_scenes(num_images: int, seed: int = 0, max_boxes: int = 20) -> tuple[tuple[int, int], list[np.ndarray]]:
-    """The demo's train scenes: ((bucket h, w), list of resized xyxy boxes [k, 4] per image)."""
+def synthetic_scenes(num_images: int, seed: int = 0, max_boxes: int = 20,
+                     style: str = "shapes") -> tuple[tuple[int, int], list[np.ndarray]]:
+    """The synthetic train scenes of `style`: ((bucket h, w), list of resized xyxy boxes [k, 4] per image)."""
     rng = np.random.default_rng([seed, 0])
     scenes = []
     for _ in range(num_images):
-        pixels, objects = render_image(rng, 160)
+        pixels, objects = render_image(rng, 160, style)
         h, w = pixels.shape[:2]
         new_h, new_w = rescale_size(np.array(h), np.array(w), 128, 160)
         xywh = np.asarray([box for box, _ in objects], np.float64).reshape(-1, 4)
@@ -122,11 +125,13 @@ def main() -> None:
     parser.add_argument("--coco-images", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", choices=("shapes", "crowded"), default="shapes", help="Synthetic set's style.")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     if args.synthetic_images:
-        bucket, scenes = synthetic_scenes(args.synthetic_images)
-        measure("synthetic (demo train split)", bucket, scenes, args.batch, rng, max_boxes=20)
+        max_boxes = 32 if args.style == "crowded" else 20
+        bucket, scenes = synthetic_scenes(args.synthetic_images, max_boxes=max_boxes, style=args.style)
+        measure(f"synthetic ({args.style} train split)", bucket, scenes, args.batch, rng, max_boxes=max_boxes)
     if args.coco_images:
         bucket, scenes = coco_like_scenes(args.coco_images, rng)
         measure("coco-like (assumed distribution)", bucket, scenes, args.batch, rng, max_boxes=100)

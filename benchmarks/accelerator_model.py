@@ -230,9 +230,10 @@ def model_config(batch: int, dtype: str) -> Any:
 
 def lower(kind: str, batch: int, dtype: str) -> Any:
     """The real train step or predict of DATE-R50-F lowered at 800x1344 on abstract (ShapeDtypeStruct) inputs."""
+    # Imported here, not at the top, so that the analytic counter imports without jax or the benchmarks' own modules.
     import jax
     import jax.numpy as jnp
-    from inference import lower_predict            # benchmarks/ (the script's own folder) is on sys.path
+    from inference import lower_predict  # benchmarks/ (the script's own folder) is on sys.path
     from train_step import jitted_train_step, synthetic_batch
 
     from date_jax.models import detector
@@ -359,8 +360,9 @@ def print_report(results: dict[str, Any]) -> None:
               f"{mem['argument'] / 2**30:8.2f} {mem['output'] / 2**30:7.2f} {mem['temp'] / 2**30:8.2f} "
               f"{mem['peak_estimate'] / 2**30:8.2f} {e['compile_s']:9.1f}  {census}")
     a = derived["analytic"]
-    print(f"analytic, per image: forward {a['forward_gflops']:.0f} GFLOP (valid taps {a['forward_gflops_valid_taps']:.0f}),"
-          f" train {a['train_gflops']:.0f} GFLOP (valid taps {a['train_gflops_valid_taps']:.0f}; "
+    print(f"analytic, per image: forward {a['forward_gflops']:.0f} GFLOP "
+          f"(valid taps {a['forward_gflops_valid_taps']:.0f}), train {a['train_gflops']:.0f} GFLOP "
+          f"(valid taps {a['train_gflops_valid_taps']:.0f}; "
           + ", ".join(f"{k} {v:.0f}" for k, v in a["train_gflops_parts"].items())
           + f"); least conv traffic in bf16: forward {a['forward_conv_gb']:.2f} GB, train {a['train_conv_gb']:.2f} GB")
     for row in derived["flop_check"]:

@@ -22,11 +22,15 @@ Scenes (image size and `max_boxes` as in the configs; predictions random but pla
   predict a random box around themselves (4 strides, log-normal). Logits N(-4, 1.5), +N(3, 1) on the class of the box
   a point predicts.
 
-Step-time reference: the design target (>= 250 images/s per H100-class GPU: per-device batch 2 -> 8 ms, 16 -> 64 ms);
-target: predicted assignment time <= 5 % of it.
+Step-time reference: the predicted DATE-R50-F train step (800x1344, bf16) of `benchmarks/accelerator_model.py` at
+the same per-device batch, read from its JSON, for each of `--devices`: "realistic" (40 % of peak FLOP/s) and
+"compute" (FLOPs / peak, the fastest the step can be, so the largest share). Target: predicted assignment time <= 5 %
+of the step. `--rescore` recomputes the shares of the rows already in `--out` (after a new step prediction) without
+counting trips again.
 
     python -m benchmarks.assignment_depth [--datasets coco crowdhuman] [--batches 2 16] [--steps 100 25]
         [--matchers poto hungarian] [--seed 0] [--us-per-trip 10] [--out benchmarks/results/assignment_depth.json]
+        [--step-model benchmarks/results/accelerator_model.json] [--devices "H100 SXM" H200] [--rescore]
 """
 from __future__ import annotations
 
@@ -47,7 +51,9 @@ DATASETS = {
     "crowdhuman": dict(grid_hw=(800, 1408), image_hw=(800, 1400), num_classes=1, max_boxes=400,
                        body=(1.5, 18.6, 100), tail=(0.02, 101, 350)),
 }
-STEP_MS = {2: 8.0, 16: 64.0}          # design target: 250 images/s per device
+STEP_MODEL = "benchmarks/results/accelerator_model.json"
+DEVICES = ("H100 SXM", "H200")
+PREDICTIONS = {"realistic": "realistic_s", "compute": "compute_s"}
 
 
 def sample_counts(rng: np.random.Generator, dataset: str, size: int) -> np.ndarray:
@@ -138,28 +144,73 @@ def trip_counter(matcher: str, grid: priors.PointGrid):
     return jax.jit(counted)
 
 
-def summary(trips: list[int], batch: int, us_per_trip: float) -> dict:
-    """Trips per step (mean, median, p90, max) and the mean predicted time against the step-time reference."""
+def summary(trips: list[int], us_per_trip: float) -> dict:
+    """Trips per step (mean, median, p90, max) and their predicted time (mean, max) in ms."""
     trips = np.asarray(trips)
-    mean_ms = trips.mean() * us_per_trip / 1e3
     return dict(mean=float(trips.mean()), median=float(np.median(trips)), p90=float(np.percentile(trips, 90)),
-                max=int(trips.max()), mean_ms=mean_ms, max_ms=trips.max() * us_per_trip / 1e3,
-                step_ms=STEP_MS[batch], share=mean_ms / STEP_MS[batch])
+                max=int(trips.max()), mean_ms=trips.mean() * us_per_trip / 1e3, max_ms=trips.max() * us_per_trip / 1e3)
+
+
+def predicted_step_ms(path: str, devices: list[str], batches: list[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """{device: {batch: {'realistic' | 'compute': ms}}} of the predicted train step, from accelerator_model's JSON."""
+    file = pathlib.Path(path)
+    if not file.exists():
+        raise SystemExit(f"error: {path} not found; run `python benchmarks/accelerator_model.py measure --kind train "
+                         f"--batch B` for B in {batches} first, or pass --step-model")
+    train = json.loads(file.read_text()).get("derived", {}).get("train", {})
+    missing = [(d, b) for d in devices for b in batches if str(b) not in train.get(d, {})]
+    if missing:
+        raise SystemExit(f"error: {path} has no predicted train step for (device, batch) {missing}; measure those "
+                         f"batches with benchmarks/accelerator_model.py or pick --devices from {sorted(train)}")
+    return {d: {str(b): {name: train[d][str(b)][key] * 1e3 for name, key in PREDICTIONS.items()} for b in batches}
+            for d in devices}
+
+
+def score(row: dict, steps_ms: dict[str, dict[str, dict[str, float]]]) -> dict:
+    """`row` with the predicted step times of its batch and the mean assignment time's share of each."""
+    batch = str(row["batch"])
+    step_ms = {d: per_batch[batch] for d, per_batch in steps_ms.items()}
+    share = {d: {name: row["mean_ms"] / ms for name, ms in refs.items()} for d, refs in step_ms.items()}
+    return dict(row, step_ms=step_ms, share=share)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--batches", type=int, nargs="+", default=[2, 16], choices=sorted(STEP_MS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[2, 16])
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 25], help="sampled steps per batch size")
     parser.add_argument("--matchers", nargs="+", default=["poto", "hungarian"], choices=["poto", "hungarian"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--us-per-trip", type=float, default=10.0)
     parser.add_argument("--out", default="benchmarks/results/assignment_depth.json")
+    parser.add_argument("--step-model", default=STEP_MODEL, help="accelerator_model.py's JSON (predicted steps)")
+    parser.add_argument("--devices", nargs="+", default=list(DEVICES))
+    parser.add_argument("--rescore", action="store_true",
+                        help="only recompute the step references and shares of the rows already in --out")
     args = parser.parse_args()
     if len(args.steps) != len(args.batches):
         parser.error(f"--steps needs one count per batch size ({len(args.batches)}), got {args.steps}")
+    if args.rescore:
+        if not pathlib.Path(args.out).exists():
+            parser.error(f"--rescore reads the rows of --out {args.out}, which does not exist; run without --rescore")
+        previous = json.loads(pathlib.Path(args.out).read_text())
+        rows = [{k: v for k, v in row.items() if k not in ("step_ms", "share")} for row in previous["rows"]]
+        args.us_per_trip = previous["us_per_trip"]
+        steps_ms = predicted_step_ms(args.step_model, args.devices, sorted({row["batch"] for row in rows}))
+    else:
+        steps_ms = predicted_step_ms(args.step_model, args.devices, args.batches)
+        rows = count_rows(args)
+    rows = [score(row, steps_ms) for row in rows]
+    print_rows(rows, args.us_per_trip)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(jax=jax.__version__, us_per_trip=args.us_per_trip, step_model=args.step_model,
+                                   rows=rows), indent=2))
+    print(f"wrote {out}")
 
+
+def count_rows(args: argparse.Namespace) -> list[dict]:
+    """Sampled steps per (data set, batch), trips of each matcher: one summary row per (data set, matcher, batch)."""
     rows = []
     for dataset in args.datasets:
         grid = priors.point_grid(DATASETS[dataset]["grid_hw"])
@@ -180,22 +231,27 @@ def main() -> None:
                 rows.append(dict(dataset=dataset, matcher=matcher, batch=batch, steps=steps,
                                  mean_max_gts=float(np.mean(gts)), max_gts=max(gts),
                                  mean_loop_trips=np.mean(loops[matcher], 0).round(1).tolist(),
-                                 **summary(per_step[matcher], batch, args.us_per_trip)))
+                                 **summary(per_step[matcher], args.us_per_trip)))
+    return rows
 
+
+def print_rows(rows: list[dict], us_per_trip: float) -> None:
+    """The trips table with each reference device's predicted step (realistic / compute-bound) and the shares."""
+    devices = list(rows[0]["step_ms"])
     print(f"Assignment while-loop trips per train step (sum over the solver's loops of the max over the batch), "
-          f"{args.us_per_trip:g} us per trip; step reference = design target 250 images/s/device")
+          f"{us_per_trip:g} us per trip; step = predicted DATE-R50-F train step (benchmarks/accelerator_model.py), "
+          f"realistic / compute-bound, share = mean assignment ms / step ms")
     print(f"{'data':>10} {'matcher':>9} {'B':>3} {'steps':>5} {'max G':>11} {'trips mean':>10} {'median':>7} "
-          f"{'p90':>6} {'max':>6} {'per loop (mean)':>22} {'ms mean':>8} {'ms max':>7} {'step ms':>8} {'share':>6}")
+          f"{'p90':>6} {'max':>6} {'per loop (mean)':>16} {'ms mean':>8} {'ms max':>7} "
+          + " ".join(f"{d + ' step ms':>17} {'share':>12}" for d in devices))
     for r in rows:
         loop_text = "/".join(f"{t:g}" for t in r["mean_loop_trips"])
+        refs = " ".join(f"{r['step_ms'][d]['realistic']:>8.1f} /{r['step_ms'][d]['compute']:>7.1f} "
+                        f"{100 * r['share'][d]['realistic']:>4.1f}%/{100 * r['share'][d]['compute']:>5.1f}%"
+                        for d in devices)
         print(f"{r['dataset']:>10} {r['matcher']:>9} {r['batch']:>3} {r['steps']:>5} "
               f"{r['mean_max_gts']:>6.1f}/{r['max_gts']:>4} {r['mean']:>10.1f} {r['median']:>7.0f} {r['p90']:>6.0f} "
-              f"{r['max']:>6} {loop_text:>22} {r['mean_ms']:>8.2f} {r['max_ms']:>7.2f} {r['step_ms']:>8.0f} "
-              f"{100 * r['share']:>5.1f}%")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(jax=jax.__version__, us_per_trip=args.us_per_trip, rows=rows), indent=2))
-    print(f"wrote {out}")
+              f"{r['max']:>6} {loop_text:>16} {r['mean_ms']:>8.2f} {r['max_ms']:>7.2f} {refs}")
 
 
 if __name__ == "__main__":

@@ -123,19 +123,26 @@ def step_flops(compiled: Any) -> float | None:
     return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
+def jitted_train_step(config: config_lib.ConfigDict, model: Any, params: Any
+                      ) -> tuple[step_lib.StepFn, optimizer.Optimizer, Any]:
+    """The real jitted train step of `config` (`setup.jit_step`, as training runs it) for `model`, its optimizer
+    (built from `params`, concrete or abstract) and the mesh it shards over."""
+    mesh = sharding.make_mesh()
+    sharding.check_batch_divisible(config.data.batch_size, mesh)
+    optim = optimizer.make_optimizer(config, params, 0)
+    return setup.jit_step(model, optim, config, mesh), optim, mesh
+
+
 def build_date_train_step(variant: str, image_hw: tuple[int, int], batch: int, dtype: str, max_boxes: int,
                           num_gts: int, tiny: bool = False, conv: str = "matmul"
                           ) -> tuple[Callable[[], None], dict[str, Any]]:
     """A zero-argument callable running one blocking DATE train step on a fixed device batch, and compile facts;
     the model's convs take their kernel gradients from `CONV_OPS[conv]`."""
     config = benchmark_config(variant, dtype, batch, max_boxes, tiny)
-    mesh = sharding.make_mesh()
-    sharding.check_batch_divisible(batch, mesh)
     model = detector.build_model(config, CONV_OPS[conv])
     variables = jax.device_get(detector.init_variables(model, jax.random.PRNGKey(0), image_hw))
-    optim = optimizer.make_optimizer(config, variables["params"], 0)
+    step, optim, mesh = jitted_train_step(config, model, variables["params"])
     state = setup.replicated_state(variables, optim.tx, mesh)
-    step = setup.jit_step(model, optim, config, mesh)
     device_batch = sharding.device_put_batch(synthetic_batch(batch, image_hw, max_boxes, num_gts), mesh)
     start = time.perf_counter()
     compiled = step.lower(state, device_batch).compile()

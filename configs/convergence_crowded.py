@@ -1,7 +1,8 @@
 """The convergence study's set-up (docs/convergence.md): a demo-sized DATE on the crowded synthetic set.
 
 Run:      python tools/convergence_study.py --config configs/convergence_crowded.py --workdir runs/study_crowded \
-              --steps 1000 --eval_every 250 --seeds 0 1 2
+              --steps 1000 --eval_every 200 --seeds 0 1 2 3 4
+          one run alone: python train.py --config configs/convergence_crowded.py --workdir runs/crowded
 Hardware: a laptop CPU (2 cores); the set (2,000 + 300 images of about 160 px, eight shape classes, 6-30 objects
           each, clutter) is written to data/synthetic_crowded on first use.
 Expected: no seed-table row; docs/convergence.md records what the study printed.
@@ -29,10 +30,10 @@ def get_config():
     config.optim.update(base_lr=3e-3, warmup_steps=100)
     config.schedule.update(num_steps=1000, decay_steps=(800, 933))
     config.log_every_steps = 50
-    config.checkpoint_every_steps = 250
+    config.checkpoint_every_steps = 200
     config.keep_checkpoints = 1
     config.eval_every_epochs = 0
-    config.eval_every_steps = 250
+    config.eval_every_steps = 200
     config.num_eval_images = 300
     config.num_summary_images = 0
     return config

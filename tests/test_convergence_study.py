@@ -212,7 +212,7 @@ def test_tiny_study_end_to_end_then_resume_skips(tmp_path):
     assert out["settings"]["steps"] == 2
     with open(os.path.join(workdir, "convergence.md")) as f:
         md = f.read()
-    assert md.splitlines()[0].startswith("| step | POTO alone (o2o only) AP |") and "| poto o2o_cls |" in md
+    assert md.splitlines()[2].startswith("| step | POTO alone (o2o only) AP |") and "| poto o2o_cls |" in md
     assert os.path.getsize(os.path.join(workdir, "convergence.png")) > 1000
     second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 0 and "finished before, skipped" in second.stdout, second.stdout + second.stderr
